@@ -1,0 +1,17 @@
+"""The conformance registry: every public transform, with the arguments the suite builds it with.
+
+Each family keeps its entries in its own module (``tests/registry/<family>.py``) as a list named
+``ENTRIES``; this package gathers them. Add an entry for every public transform and for each
+variant whose code path differs (mask, schedule, method ...).
+"""
+
+from registry._entry import Entry
+from registry.decay import ENTRIES as _DECAY
+from registry.diagnostics import ENTRIES as _DIAGNOSTICS
+from registry.proximal import ENTRIES as _PROXIMAL
+from registry.sam import ENTRIES as _SAM
+from registry.spectral import ENTRIES as _SPECTRAL
+
+ENTRIES: list[Entry] = [*_DECAY, *_PROXIMAL, *_SAM, *_SPECTRAL, *_DIAGNOSTICS]
+
+__all__ = ["ENTRIES", "Entry"]
