@@ -1,14 +1,214 @@
 """Matrix-sign and spectral-clipping operators (implementation; public in :mod:`optareg.operators`).
 
-Being implemented.
+Both operators act on the last two axes of an array and batch over the leading ones. They run in
+(at least) float32 and return the input's dtype.
 """
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 
-def msign(x, steps=8):
-    raise NotImplementedError
+__all__ = ["msign", "spectral_clip_matrix"]
+
+# Polar Express, degree 5 (Amsel, Persson, Musco & Gower 2025, Algorithm 1): the optimal odd
+# quintic p_t(x) = a x + b x^3 + c x^5 for each step t, designed for singular values in
+# [1e-3, 1] after Frobenius normalisation. Steps beyond the table repeat the last polynomial
+# (the classical Newton-Schulz quintic, p(1) = 1, p'(1) = p''(1) = 0).
+_PE_COEFFS = (
+    (8.28721201814563, -23.595886519098837, 17.300387312530933),
+    (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
+    (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
+    (3.3184196573706015, -2.488488024314874, 0.51004894012372),
+    (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
+    (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
+    (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
+    (1.875, -1.25, 0.375),
+)
+_SAFETY = 1.01  # the paper's safety factor, applied to all but the last polynomial
+_PE_SAFE = tuple((a / _SAFETY, b / _SAFETY**3, c / _SAFETY**5) for a, b, c in _PE_COEFFS[:-1]) + (
+    _PE_COEFFS[-1],
+)
+
+_METHODS = ("exact", "newton_schulz")
 
 
-def spectral_clip_matrix(x, c=1.0, method="exact"):
-    raise NotImplementedError
+def _work_dtype(x: jax.Array) -> jnp.dtype:
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
+def _check_matrix(x: jax.Array, name: str) -> None:
+    if x.ndim < 2:
+        raise ValueError(
+            f"{name}: expects a matrix or a batch of matrices (ndim >= 2); got shape {x.shape}."
+        )
+
+
+def _mT(x: jax.Array) -> jax.Array:
+    return jnp.swapaxes(x, -1, -2)
+
+
+def _msign_wide(x: jax.Array, steps: int) -> jax.Array:
+    """Polar Express on a matrix with rows <= columns (the Gram ``X Xᵀ`` is the small one)."""
+    norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True))
+    x = x / (norm * _SAFETY + 1e-7)
+    for t in range(steps):
+        a, b, c = _PE_SAFE[min(t, len(_PE_SAFE) - 1)]
+        gram = x @ _mT(x)
+        poly = b * gram + c * (gram @ gram)
+        x = a * x + poly @ x
+    return x
+
+
+def msign(x: jax.Array, steps: int = 8) -> jax.Array:
+    r"""Matrix sign (orthogonal polar factor) by Polar Express Newton–Schulz iterations.
+
+    For ``x = U Σ Vᵀ`` (thin SVD) this approximates ``msign(x) = U Vᵀ``: every non-zero singular
+    value is mapped to 1, singular vectors kept, zero singular values stay 0. For a symmetric
+    matrix it is the matrix sign function ``Q sign(Λ) Qᵀ``. Only matrix products are used: ``x``
+    is divided by ``1.01·‖x‖_F`` and then ``steps`` odd quintics
+    ``X ← a_t X + (b_t XXᵀ + c_t (XXᵀ)²) X`` are applied, with the optimal per-step
+    coefficients of Amsel et al. (2025); steps beyond the 8th repeat the classical quintic
+    ``(15/8, −10/8, 3/8)``. The Gram product is taken on the short side of the matrix.
+
+    Accuracy: singular values with ``σ ≥ 10⁻³·‖x‖_F`` reach ``1 ± 10⁻⁶`` (float32) after 8
+    steps; smaller ones are mapped to a value in ``(0, 1)`` (roughly ``min(1, 7·10³·σ/‖x‖_F)``).
+
+    Args:
+      x: array of shape ``(..., m, n)``; leading axes are a batch.
+      steps: number of iterations (``>= 1``).
+
+    Returns:
+      An array of the shape and dtype of ``x`` (computed in at least float32).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from optareg.operators import msign
+      >>> q = msign(jnp.array([[3.0, 0.0], [0.0, 0.5]]))
+      >>> [round(float(v), 4) for v in jnp.diag(q)]
+      [1.0, 1.0]
+
+    References:
+      Amsel, Persson, Musco & Gower, "The Polar Express: Optimal Matrix Sign Methods and Their
+      Application to the Muon Algorithm", 2025 (arXiv:2505.16932).
+    """
+    x = jnp.asarray(x)
+    _check_matrix(x, "msign")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"msign: `steps` must be an integer >= 1; got {steps!r}.")
+    dt = _work_dtype(x)
+    y = x.astype(dt)
+    if y.shape[-2] > y.shape[-1]:
+        out = _mT(_msign_wide(_mT(y), steps))
+    else:
+        out = _msign_wide(y, steps)
+    return out.astype(x.dtype)
+
+
+def _clip_exact_eigh(x: jax.Array, c) -> tuple[jax.Array, jax.Array]:
+    """Exact projection via ``eigh`` of the Gram matrix on the short side.
+
+    Returns the clipped matrix and σ_max. ``W' = W − W V diag(max(0, 1 − c/σ)) Vᵀ``: directions
+    with ``σ <= c`` get an exact zero correction, so a matrix inside the ball is returned as is.
+    """
+    wide = x.shape[-2] < x.shape[-1]
+    w = _mT(x) if wide else x  # tall: (m, n) with n <= m
+    gram = _mT(w) @ w
+    lam, vecs = jnp.linalg.eigh(gram)
+    sig = jnp.sqrt(jnp.maximum(lam, 0.0))
+    safe = jnp.where(sig > c, sig, 1.0)
+    shrink = jnp.where(sig > c, 1.0 - c / safe, 0.0)  # (..., n)
+    wv = w @ vecs
+    y = w - (wv * shrink[..., None, :]) @ _mT(vecs)
+    y = _mT(y) if wide else y
+    return y, jnp.max(sig, axis=-1)
+
+
+def _clip_exact_svd(x: jax.Array, c) -> tuple[jax.Array, jax.Array]:
+    """Exact projection via a thin SVD: ``W' = W − U diag(max(0, σ − c)) Vᵀ``."""
+    u, s, vt = jnp.linalg.svd(x, full_matrices=False)
+    excess = jnp.maximum(s - c, 0.0)
+    y = x - (u * excess[..., None, :]) @ vt
+    return y, jnp.max(s, axis=-1)
+
+
+def _clip_newton_schulz(x: jax.Array, c, steps: int) -> jax.Array:
+    """``c·clip_1(x/c)``, ``clip_1(M) = ½[M + Q + (Q − M) S]``, Q = msign(M), S = msign(MᵀM − I)."""
+    m = x / c
+    q = msign(m, steps)
+    if m.shape[-2] < m.shape[-1]:  # wide: the small Gram is M Mᵀ, S acts on the left
+        eye = jnp.eye(m.shape[-2], dtype=m.dtype)
+        s = msign(m @ _mT(m) - eye, steps)
+        y = 0.5 * (m + q + s @ (q - m))
+    else:
+        eye = jnp.eye(m.shape[-1], dtype=m.dtype)
+        s = msign(_mT(m) @ m - eye, steps)
+        y = 0.5 * (m + q + (q - m) @ s)
+    return c * y
+
+
+def clip_with_sigma(x: jax.Array, c, method: str, ns_steps: int = 8):
+    """The clipped matrix in the work dtype and σ_max (exact) or ``None`` (newton_schulz)."""
+    if method == "exact":
+        return _clip_exact_eigh(x, c)
+    return _clip_newton_schulz(x, c, ns_steps), None
+
+
+def spectral_clip_matrix(x: jax.Array, c=1.0, method: str = "exact", *, ns_steps: int = 8):
+    r"""Euclidean projection onto the spectral-norm ball ``{W : ‖W‖₂ ≤ c}``.
+
+    For ``x = U Σ Vᵀ`` the projection (in Frobenius norm) is ``U min(Σ, c) Vᵀ``: every singular
+    value is clipped to ``min(σ, c)``, singular vectors are kept, and a matrix already inside the
+    ball is returned unchanged.
+
+    * ``method="exact"``: ``eigh`` of the Gram matrix on the short side ``G = WᵀW = V Λ Vᵀ`` and
+      ``W' = W − W V diag(max(0, 1 − c/√λ)) Vᵀ``. Directions inside the ball receive an exact zero
+      correction. (Measured on CPU and GPU to be faster than an SVD at equal float32 accuracy on
+      the clipped singular values; see the spectral module docs.)
+    * ``method="newton_schulz"``: only matrix products (GPU/TPU, bf16-friendly):
+      ``clip_c(W) = c·clip_1(W/c)`` with
+      ``clip_1(M) = ½[M + msign(M) + (msign(M) − M)·msign(MᵀM − I)]`` (Gram on the short side),
+      ``msign`` by ``ns_steps`` Polar Express iterations (:func:`msign`). On a singular pair
+      ``σ`` this gives ``½[σ + q + (q − σ)s]`` with ``q ≈ 1`` and ``s ≈ sign(σ² − 1)``: exact
+      (``σ`` if ``s = −1``, ``q`` if ``s = +1``) wherever the iterations have converged.
+      Eigenvalues ``σ² − 1`` of ``MᵀM − I`` that are tiny compared with ``‖MᵀM − I‖_F``
+      (singular values within ~10⁻⁴ relative of ``c``) are not driven to ±1: there ``s ∈ (−1, 1)``
+      and the output ``σ + ½(1 − σ)(1 − s)`` lies *between* σ and c, so the error is at most
+      ``|σ − c|/2`` for those values — i.e. tiny, and it never overshoots much: the worst excess
+      over ``c`` is about ``‖MᵀM − I‖_F/10⁵`` (relative). Measured in the tests: σ_max of the
+      result ≤ ``c·(1 + 10⁻²)`` in float32 and bfloat16 on Gaussian and post-step matrices, and
+      a relative Frobenius distance to the exact projection of order 10⁻³ or below.
+
+    Args:
+      x: array of shape ``(..., m, n)``; leading axes are a batch of matrices.
+      c: the radius ``> 0`` of the ball.
+      method: ``"exact"`` or ``"newton_schulz"``.
+      ns_steps: Newton–Schulz steps for ``"newton_schulz"``.
+
+    Returns:
+      An array of the shape and dtype of ``x`` (computed in at least float32).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from optareg.operators import spectral_clip_matrix
+      >>> y = spectral_clip_matrix(jnp.diag(jnp.array([3.0, 0.5])), 1.0)
+      >>> [round(float(v), 4) for v in jnp.diag(y)]
+      [1.0, 0.5]
+
+    References:
+      Lewis, "The Convex Analysis of Unitarily Invariant Matrix Functions", 1995 (projection).
+      Amsel et al., "The Polar Express", 2025 (arXiv:2505.16932).
+    """
+    x = jnp.asarray(x)
+    _check_matrix(x, "spectral_clip_matrix")
+    if method not in _METHODS:
+        raise ValueError(
+            f"spectral_clip_matrix: `method` must be one of {_METHODS!r}; got {method!r}."
+        )
+    if isinstance(ns_steps, bool) or not isinstance(ns_steps, int) or ns_steps < 1:
+        raise ValueError(
+            f"spectral_clip_matrix: `ns_steps` must be an integer >= 1; got {ns_steps!r}."
+        )
+    dt = _work_dtype(x)
+    y, _ = clip_with_sigma(x.astype(dt), jnp.asarray(c, dt), method, ns_steps)
+    return y.astype(x.dtype)

@@ -12,6 +12,7 @@ from optareg import _base
 
 __all__ = [
     "AddDecayedWeightsState",
+    "DecoupledWeightDecayState",
     "add_decayed_weights",
     "decay_schedule",
     "decoupled_weight_decay",
@@ -171,11 +172,214 @@ def add_decayed_weights(
     return _base.masked_if(optax.GradientTransformationExtraArgs(init_fn, update_fn), mask)
 
 
-def decoupled_weight_decay(weight_decay, mask=None, *, reference=None, cautious=False):
-    """Post-step decoupled weight decay (issue: weight decay). Not implemented yet."""
-    raise NotImplementedError("decoupled_weight_decay is being implemented")
+class DecoupledWeightDecayState(NamedTuple):
+    """State of :func:`decoupled_weight_decay`.
+
+    Attributes:
+      count: int32 step counter of shape ``()``; the weight-decay schedule is evaluated on it.
+      reference: the reference weights θ_ref (params-shaped) when ``reference`` is ``"init"`` or a
+        pytree; ``None`` when decaying toward zero.
+    """
+
+    count: jax.Array  # int32, shape ()
+    reference: Any
 
 
-def decay_schedule(weight_decay, learning_rate, convention):
-    """A weight-decay schedule for a learning-rate convention. Not implemented yet."""
-    raise NotImplementedError("decay_schedule is being implemented")
+def decoupled_weight_decay(
+    weight_decay: _base.ScalarOrSchedule = 0.0,
+    mask: _base.MaskOrFn = None,
+    *,
+    reference: Any = None,
+    cautious: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Decoupled weight decay applied after the step, not multiplied by the learning rate.
+
+    .. math::
+
+        \theta_{\mathrm{new}} = \theta + u - \lambda_t\,(\theta - \theta_{\mathrm{ref}})
+
+    where ``u`` is the incoming (already signed and learning-rate-scaled) update and θ the
+    current parameters: the decay is computed from θ *before* the step, as in AdamW. Put it
+    **last** in the chain. It returns ``θ_new − θ`` (computed in at least float32 and cast back to
+    the update's dtype), so ``optax.apply_updates`` lands on ``θ_new``.
+
+    ``λ_t`` is used as given: it is *not* multiplied by the learning rate. This expresses the
+    AdamW paper's convention (``λ·η_t/η_max``), the "independent" one (``λ``) and AdamC
+    (``λ·η_t²/η_max``) directly; build those schedules with :func:`decay_schedule`. With
+    ``decay_schedule(λ, lr, "pytorch")`` (``λ·η_t``) it reproduces ``optax.adamw`` /
+    ``torch.optim.AdamW``.
+
+    ``cautious=True`` decays only the coordinates where the step already moves θ toward θ_ref,
+    i.e. where ``u·(θ − θ_ref) ≤ 0`` (``u`` is the signed step here); the others get ``u`` alone.
+
+    Args:
+      weight_decay: λ_t, a constant in ``[0, 1]`` or a schedule of the step count (e.g. from
+        :func:`decay_schedule`).
+      mask: optax mask: a pytree (or prefix) of bools, or a callable returning one; ``True``
+        means "decay this leaf". See :func:`optareg.masks.decay_mask`.
+      reference: ``None`` (decay toward zero), ``"init"`` (snapshot of the params passed to
+        ``init``, kept in the state; L2-SP fine-tuning) or a params-shaped pytree.
+      cautious: decay only where the step already moves θ toward θ_ref.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``; its state is
+      :class:`DecoupledWeightDecayState` (inside ``optax.MaskedState`` when a mask is given).
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optareg
+      >>> tx = optax.chain(optax.sgd(0.1), optareg.decoupled_weight_decay(0.01))
+      >>> params = {"w": jnp.full((2,), 2.0)}
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update({"w": jnp.zeros((2,))}, state, params)
+      >>> optax.apply_updates(params, updates)["w"]  # 2 − 0.01·2
+      Array([1.98, 1.98], dtype=float32)
+
+    References:
+      Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
+      Li, Grandvalet & Davoine, "Explicit Inductive Bias for Transfer Learning with
+      Convolutional Networks" (L2-SP), ICML 2018.
+      Chen et al., "Cautious Weight Decay", 2025.
+    """
+    _base.check_scalar("weight_decay", weight_decay, low=0.0, high=1.0)
+    _base.check_mask("mask", mask)
+    _check_reference_arg(reference)
+    if not isinstance(cautious, bool):
+        raise TypeError(f"`cautious` must be a bool; got {type(cautious).__name__}.")
+    name = "decoupled_weight_decay"
+
+    def init_fn(params):
+        ref = None
+        if _base.is_params_placeholder(params):
+            ref = None if reference is None else params  # optax.tree.map_params probing the state
+        elif reference is not None:
+            ref = resolve_reference(reference, params, name)
+        return DecoupledWeightDecayState(count=_base.init_count(), reference=ref)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        _base.require_params(params, name)
+        s = _base.evaluate(weight_decay, state.count)
+        new_state = DecoupledWeightDecayState(_base.increment(state.count), state.reference)
+
+        def operator(x, p, u, r=None):
+            dt = x.dtype  # θ + u, in at least float32
+            d = p.astype(dt) if r is None else p.astype(dt) - r.astype(dt)
+            decay = jnp.asarray(s, dt) * d
+            if cautious:
+                decay = jnp.where(u.astype(dt) * d <= 0, decay, jnp.zeros_like(decay))
+            return x - decay
+
+        rest = (params, updates) if state.reference is None else (params, updates, state.reference)
+        return _base.post_step_updates(operator, updates, params, *rest), new_state
+
+    return _base.masked_if(optax.GradientTransformationExtraArgs(init_fn, update_fn), mask)
+
+
+_CONVENTIONS = ("paper", "independent", "adamc", "pytorch")
+
+
+def _peak_learning_rate(learning_rate: Any, peak_value: Any, horizon: int) -> float:
+    """η_max: ``peak_value`` if given, the constant lr, or the schedule's max over the horizon."""
+    if peak_value is not None:
+        _base.check_scalar("peak_value", peak_value, low=0.0, low_inclusive=False)
+        return float(peak_value)
+    if not callable(learning_rate):
+        peak = float(jnp.asarray(learning_rate))
+    else:
+        steps = jnp.arange(horizon, dtype=jnp.int32)
+        try:
+            values = jax.vmap(learning_rate)(steps)
+            peak = float(jnp.max(values))
+        except Exception as e:  # noqa: BLE001 - the user's schedule; say what to do instead
+            raise ValueError(
+                "decay_schedule: could not evaluate the `learning_rate` schedule over steps "
+                f"0..{horizon - 1} to find its peak ({e}); pass `peak_value=` explicitly."
+            ) from e
+    if not (peak > 0.0 and jnp.isfinite(peak)):
+        raise ValueError(
+            "decay_schedule: the peak learning rate η_max must be a finite number > 0; got "
+            f"{peak!r} (over steps 0..{horizon - 1}). Pass `peak_value=` or a longer `horizon`."
+        )
+    return peak
+
+
+def decay_schedule(
+    weight_decay: _base.ScalarOrSchedule,
+    learning_rate: _base.ScalarOrSchedule,
+    convention: str,
+    *,
+    peak_value: float | None = None,
+    horizon: int = 100_000,
+) -> optax.Schedule:
+    r"""The decoupled weight-decay schedule ``λ_t`` of a learning-rate convention.
+
+    The result is a schedule of the step count, meant for :func:`decoupled_weight_decay`
+    (whose ``λ_t`` is applied as is, per step, not multiplied by the learning rate). With
+    ``η_t = learning_rate(t)`` and ``η_max`` its peak:
+
+    ================  ==========================  ============================================
+    ``convention``    decay per step ``λ_t``      same decay with :func:`add_decayed_weights`
+                                                  placed before the lr (decay ``η_t·λ'_t``)
+    ================  ==========================  ============================================
+    ``"pytorch"``     ``λ·η_t``                   ``λ' = λ`` (PyTorch / ``optax.adamw``)
+    ``"paper"``       ``λ·η_t/η_max``             ``λ' = λ/η_max`` (a constant)
+    ``"independent"`` ``λ``                       ``λ'_t = λ/η_t`` (undefined where ``η_t=0``)
+    ``"adamc"``       ``λ·η_t²/η_max``            ``λ'_t = λ·η_t/η_max``
+    ================  ==========================  ============================================
+
+    ``"paper"`` is Loshchilov & Hutter's AdamW, where the decay follows the schedule
+    *multiplier* ``η_t/η_max`` but not the base learning rate, so ``λ_paper = λ_pytorch·η_max``
+    gives the same run. ``"independent"`` decays by a fixed fraction per step whatever the lr.
+    ``"adamc"`` (Defazio et al.) scales the decay by ``η_t²/η_max`` for normalized layers.
+
+    How ``η_max`` is found (only ``"paper"`` and ``"adamc"`` use it), once, at construction:
+    ``peak_value`` when given; else a constant ``learning_rate`` is its own peak; else the maximum
+    of ``learning_rate(t)`` over the integer steps ``0 ≤ t < horizon`` (the schedule is evaluated
+    with ``jax.vmap``). For ``optax.warmup_cosine_decay_schedule`` this is its ``peak_value``
+    whenever the warmup ends within the horizon.
+
+    Args:
+      weight_decay: λ, a constant ``>= 0`` (or a schedule, multiplied in pointwise).
+      learning_rate: the optimizer's learning rate η (constant ``> 0`` or a schedule); use the
+        same object the optimizer uses.
+      convention: one of ``"paper"``, ``"independent"``, ``"adamc"``, ``"pytorch"``.
+      peak_value: ``η_max`` to use instead of searching for it.
+      horizon: number of steps over which the peak of a schedule is searched.
+
+    Returns:
+      A schedule ``count -> λ_t`` (a jit-able function of an int32 step count).
+
+    Raises:
+      ValueError: unknown convention, negative λ or lr, or no positive finite ``η_max``.
+
+    Example:
+      >>> import optax, optareg
+      >>> lr = optax.warmup_cosine_decay_schedule(0.0, 1e-3, 10, 100)
+      >>> wd = optareg.decay_schedule(0.1, lr, "paper")
+      >>> [round(float(wd(t)), 4) for t in (0, 5, 10, 100)]
+      [0.0, 0.05, 0.1, 0.0]
+
+    References:
+      Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
+      Defazio et al., "Why Gradients Rapidly Increase Near the End of Training" (AdamC), 2025.
+    """
+    _base.check_choice("convention", convention, _CONVENTIONS)
+    _base.check_scalar("weight_decay", weight_decay, low=0.0)
+    _base.check_scalar("learning_rate", learning_rate, low=0.0)
+    horizon = _base.check_int("horizon", horizon, low=1)
+    eta_max = None
+    if convention in ("paper", "adamc"):
+        eta_max = _peak_learning_rate(learning_rate, peak_value, horizon)
+
+    def schedule(count):
+        lam = jnp.asarray(_base.evaluate(weight_decay, count))
+        if convention == "independent":
+            return lam
+        eta = jnp.asarray(_base.evaluate(learning_rate, count))
+        if convention == "pytorch":
+            return lam * eta
+        if convention == "paper":
+            return lam * (eta / eta_max)
+        return lam * (eta * eta / eta_max)  # adamc
+
+    return schedule

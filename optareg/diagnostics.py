@@ -1,26 +1,52 @@
-"""Diagnostics: metrics recorded in optimizer state and read back as one flat dict."""
+"""Diagnostics: metrics recorded in optimizer state and read back as one flat dict.
+
+Two pieces:
+
+* :func:`track`, a pass-through ``optax`` transform that records, at its position in the chain,
+  the norms, the update/parameter ratio, the sparsity of the would-be new parameters and a count
+  of non-finite entries;
+* :func:`metrics`, which walks any optimizer state and returns every metric an optareg transform
+  recorded (``track``, ``sam_perturb``, ``spectral_clip``, the ``prox_*`` family ...) as one flat
+  ``dict[str, jax.Array]`` with the same keys at every step.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
+import optax
 
-__all__ = ["metrics", "track"]
+from optareg import _base
+
+__all__ = ["TrackState", "metrics", "track"]
+
+_METRICS = ("grad_norm", "param_norm", "update_norm", "update_ratio", "sparsity", "nonfinite")
 
 
 def _has_metrics(x: Any) -> bool:
     return hasattr(x, "optareg_metrics") and not isinstance(x, type)
 
 
+def _as_array(value: Any) -> jax.Array:
+    """A JAX array from a metric value (unwraps Flax NNX ``OptArray`` / ``Variable`` boxes)."""
+    if isinstance(value, jax.Array):
+        return value
+    if hasattr(value, "get_value"):
+        return jnp.asarray(value.get_value())
+    return jnp.asarray(value)
+
+
 def metrics(opt_state: Any) -> dict[str, jax.Array]:
     """Every metric recorded by optareg transforms anywhere in an optimizer state, as a flat dict.
 
     Walks any optimizer state (``optax.chain``, ``optax.masked``, ``optax.inject_hyperparams``,
-    ``optax.MultiSteps``, nested combinations) and collects the metrics of every optareg state it
-    finds. Keys are flat strings (``"<transform>/<metric>"``); values are JAX scalars, so the call
-    is jit-compatible and the keys are the same at every step. When the same transform appears
-    twice, the second one's keys get a ``#2`` suffix (``#3`` ...).
+    ``optax.MultiSteps``, nested combinations, and the ``opt_state`` of a Flax NNX
+    ``nnx.Optimizer``) and collects the metrics of every optareg state it finds. Keys are flat
+    strings (``"<transform>/<metric>"``); values are JAX scalars, so the call is jit-compatible and
+    the keys are the same at every step. When the same key appears twice (two transforms with the
+    same name), the second one gets a ``#2`` suffix (``#3`` ...).
 
     Args:
       opt_state: any optimizer state.
@@ -43,10 +69,256 @@ def metrics(opt_state: Any) -> dict[str, jax.Array]:
             while final in out:
                 k += 1
                 final = f"{key}#{k}"
-            out[final] = value
+            out[final] = _as_array(value)
     return out
 
 
-def track(*, per_leaf=False, name="optareg"):
-    """Pass-through transform that records diagnostics. Being implemented."""
-    raise NotImplementedError
+# --------------------------------------------------------------------------------------------
+# track
+# --------------------------------------------------------------------------------------------
+
+
+def path_to_str(path: tuple[Any, ...]) -> str:
+    """``"dense1/kernel"`` from a JAX key path (a trailing NNX ``.value`` is dropped)."""
+    parts = []
+    for k in path:
+        if isinstance(k, jax.tree_util.DictKey):
+            parts.append(str(k.key))
+        elif isinstance(k, jax.tree_util.GetAttrKey):
+            parts.append(k.name)
+        elif isinstance(k, jax.tree_util.SequenceKey):
+            parts.append(str(k.idx))
+        elif isinstance(k, jax.tree_util.FlattenedIndexKey):
+            parts.append(str(k.key))
+        else:  # pragma: no cover - future key types
+            parts.append(str(k))
+    if (
+        len(parts) > 1
+        and parts[-1] in ("value", "raw_value")
+        and isinstance(path[-1], jax.tree_util.GetAttrKey)
+    ):
+        parts.pop()
+    return "/".join(parts)
+
+
+class TrackState(NamedTuple):
+    """State of :func:`track`.
+
+    Attributes:
+      stats: the scalar metrics of the last step, keyed ``"<name>/<metric>"`` (float32, except
+        ``nonfinite`` which is int32).
+      per_leaf: with ``per_leaf=True``, ``"<name>/<metric>"`` → a params-structured tree holding
+        that metric for each leaf (scalars); ``None`` otherwise.
+    """
+
+    stats: dict[str, jax.Array]
+    per_leaf: dict[str, Any] | None
+
+    def optareg_metrics(self) -> dict[str, jax.Array]:
+        out = dict(self.stats)
+        if self.per_leaf is not None:
+            for key, tree in self.per_leaf.items():
+                for path, value in jax.tree_util.tree_flatten_with_path(tree)[0]:
+                    out[f"{key}/{path_to_str(path)}"] = value
+        return out
+
+
+def _dtype(metric: str) -> jnp.dtype:
+    return jnp.int32 if metric == "nonfinite" else jnp.float32
+
+
+def _zero(metric: str) -> jax.Array:
+    return jnp.zeros([], _dtype(metric))
+
+
+class _LeafSums(NamedTuple):
+    """One pass over a leaf: sums of squares (in at least float32) and counts."""
+
+    u_norm: jax.Array  # ‖u‖₂
+    p_norm: jax.Array  # ‖θ‖₂
+    zeros: jax.Array  # int32: exact zeros of apply_updates(θ, u)
+    nonfinite: jax.Array  # int32: NaN/Inf entries of u
+    size: int
+
+
+_DOWN = 2.0**-100  # exact power-of-two rescaling: max float32 · 2⁻¹⁰⁰ ≈ 2.7e8, squares fit
+
+
+def _norm(x: jax.Array) -> jax.Array:
+    """‖x‖₂ in one pass; a second, rescaled pass (by 2⁻¹⁰⁰) only if Σx² overflows.
+
+    The rescaling is by a power of two so that it is exact and its reciprocal is a normal number
+    (dividing by ``max|x|`` would need ``1/max|x|``, which flushes to zero near the top of the
+    float32 range on backends without denormals). Entries that the rescaling sends below the
+    normal range are negligible next to one whose square overflowed.
+    """
+    if x.size == 0:
+        return jnp.zeros([], x.dtype)
+    ssq = jnp.sum(jnp.square(x))
+
+    def rescued(x):
+        # The barriers stop XLA from reassociating (x·c)² into x²·c² (c² underflows to 0).
+        barrier = jax.lax.optimization_barrier
+        return barrier(jnp.sqrt(jnp.sum(jnp.square(barrier(x * _DOWN))))) / _DOWN
+
+    return jax.lax.cond(jnp.isposinf(ssq), rescued, lambda x: jnp.sqrt(ssq), x)
+
+
+def _leaf_norm(x: jax.Array) -> jax.Array:
+    """‖x‖₂ of one leaf in (at least) float32."""
+    return _norm(x.astype(_base.compute_dtype(x)).ravel())
+
+
+def _combine(norms: list[jax.Array]) -> jax.Array:
+    """‖(‖x₁‖, …, ‖xₙ‖)‖₂ over the leaf norms (the global norm), overflow-safe."""
+    return _norm(jnp.stack(norms))
+
+
+def _leaf_sums(u: jax.Array, p: jax.Array) -> _LeafSums:
+    new_p = jnp.asarray(p + u).astype(jnp.asarray(p).dtype)  # exactly optax.apply_updates
+    return _LeafSums(
+        u_norm=_leaf_norm(u),
+        p_norm=_leaf_norm(p),
+        zeros=jnp.sum(new_p == 0, dtype=jnp.int32),
+        nonfinite=jnp.sum(~jnp.isfinite(u), dtype=jnp.int32),
+        size=int(u.size),
+    )
+
+
+def _ratio(u_norm: jax.Array, p_norm: jax.Array) -> jax.Array:
+    """‖u‖/‖θ‖, defined as 0 when ‖θ‖ = 0 (a NaN norm still gives NaN)."""
+    zero = p_norm == 0
+    return jnp.where(zero, jnp.zeros_like(u_norm), u_norm / jnp.where(zero, 1, p_norm))
+
+
+def _leaf_metrics(s: _LeafSums) -> dict[str, jax.Array]:
+    un, pn = s.u_norm, s.p_norm
+    return {
+        "grad_norm": un,
+        "param_norm": pn,
+        "update_norm": un,
+        "update_ratio": _ratio(un, pn),
+        "sparsity": s.zeros / max(s.size, 1),
+        "nonfinite": s.nonfinite,
+    }
+
+
+def track(
+    *, per_leaf: bool = False, name: str = "optareg"
+) -> optax.GradientTransformationExtraArgs:
+    r"""Pass-through transform that records diagnostics of the updates it sees.
+
+    The updates come out unchanged, bit for bit; the state holds, for the last step, with ``u``
+    the incoming updates and ``θ`` the current parameters:
+
+    .. math::
+
+        \texttt{grad\_norm} = \texttt{update\_norm} = \lVert u\rVert_2,\quad
+        \texttt{param\_norm} = \lVert\theta\rVert_2,\quad
+        \texttt{update\_ratio} = \lVert u\rVert_2 / \lVert\theta\rVert_2,
+
+    ``sparsity`` = fraction of exact zeros in ``optax.apply_updates(θ, u)`` and ``nonfinite`` =
+    number of NaN/Inf entries of ``u``. Keys are ``"<name>/<metric>"``; read them with
+    :func:`metrics`.
+
+    **Placement rule.** ``track`` measures what it receives, so its position decides the meaning:
+    placed *first* it sees the raw gradients (read ``grad_norm``); placed *last* it sees the
+    final step Δθ, so ``update_norm`` is ‖Δθ‖, ``update_ratio`` the effective step size ‖Δθ‖/‖θ‖
+    and ``sparsity`` the sparsity of the new parameters. ``grad_norm`` and ``update_norm`` are the
+    same number (the norm of the incoming updates) under two names, so that two instances read
+    well, e.g. ``track(name="raw")`` first (``raw/grad_norm``) and ``track(name="step")`` last
+    (``step/update_ratio``, ``step/sparsity``).
+
+    Norms accumulate in (at least) float32, so bfloat16 parameters give float32-accurate norms.
+    They are overflow-safe: when a leaf's sum of squares exceeds the float32 range (entries
+    ≳ 1e19, typical of a diverging run) a second, rescaled pass (by an exact power of two) runs
+    for that leaf only (``lax.cond``), so ``update_ratio`` stays a finite, meaningful number
+    until the entries themselves are infinite. ``update_ratio`` is defined as 0 when
+    ``‖θ‖ = 0`` (never NaN/Inf from the denominator). Otherwise one pass over the updates and
+    parameters; no gradient evaluation. All metrics are stored as float32 scalars, except
+    ``nonfinite`` (int32).
+
+    With ``per_leaf=True`` the same metrics are also recorded per leaf, keyed by the leaf's tree
+    path: ``"<name>/update_ratio/dense1/kernel"`` (a trailing Flax NNX ``.value`` is dropped). The
+    per-leaf values live in params-structured trees, so the set of keys is fixed at ``init``.
+
+    Args:
+      per_leaf: also record every metric for each leaf.
+      name: the prefix of the metric keys.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` (extra keyword arguments are ignored); its
+      state is :class:`TrackState`.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optareg
+      >>> tx = optax.chain(optax.sgd(0.1), optareg.track(name="step"))
+      >>> params = {"w": jnp.array([3.0, 4.0])}
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update({"w": jnp.array([1.0, 0.0])}, state, params)
+      >>> m = optareg.metrics(state)
+      >>> float(m["step/update_norm"]), float(m["step/param_norm"]), float(m["step/update_ratio"])
+      (0.1, 5.0, 0.02)
+
+    References:
+      You et al., "Large Batch Training of Convolutional Networks" (LARS: the per-layer ratio
+      ‖Δθ‖/‖θ‖), 2017.
+    """
+    if not isinstance(per_leaf, bool):
+        raise TypeError(f"`per_leaf` must be a bool; got {type(per_leaf).__name__} {per_leaf!r}.")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"`name` must be a non-empty string; got {name!r}.")
+    keys = {m: f"{name}/{m}" for m in _METRICS}
+
+    def empty_stats():
+        return {keys[m]: _zero(m) for m in _METRICS}
+
+    def init_fn(params):
+        if not per_leaf:
+            return TrackState(stats=empty_stats(), per_leaf=None)
+        if _base.is_params_placeholder(params):  # optax.tree.map_params probing the state
+            return TrackState(stats=empty_stats(), per_leaf={keys[m]: params for m in _METRICS})
+        trees = {keys[m]: jax.tree.map(lambda _, m=m: _zero(m), params) for m in _METRICS}
+        return TrackState(stats=empty_stats(), per_leaf=trees)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        _base.require_params(params, f"track(name={name!r})")
+        treedef = jax.tree.structure(updates, is_leaf=lambda x: x is None)
+        u_leaves = treedef.flatten_up_to(updates)
+        p_leaves = treedef.flatten_up_to(params)
+        sums = [
+            None if u is None else _leaf_sums(u, p) for u, p in zip(u_leaves, p_leaves, strict=True)
+        ]
+        live = [s for s in sums if s is not None]
+        if not live:
+            return updates, state
+        un = _combine([s.u_norm for s in live])
+        pn = _combine([s.p_norm for s in live])
+        size = sum(s.size for s in live)
+        values = {
+            "grad_norm": un,
+            "param_norm": pn,
+            "update_norm": un,
+            "update_ratio": _ratio(un, pn),
+            "sparsity": sum(s.zeros for s in live) / max(size, 1),
+            "nonfinite": sum(s.nonfinite for s in live),
+        }
+        stats = {keys[m]: jnp.asarray(values[m]).astype(_dtype(m)) for m in _METRICS}
+        trees = None
+        if per_leaf:
+            leaf_values = [None if s is None else _leaf_metrics(s) for s in sums]
+            trees = {
+                keys[m]: treedef.unflatten(
+                    [
+                        old if lv is None else jnp.asarray(lv[m]).astype(_dtype(m))
+                        for lv, old in zip(
+                            leaf_values, treedef.flatten_up_to(state.per_leaf[keys[m]]), strict=True
+                        )
+                    ]
+                )
+                for m in _METRICS
+            }
+        return updates, TrackState(stats=stats, per_leaf=trees)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

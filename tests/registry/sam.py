@@ -1,5 +1,46 @@
-"""Conformance entries for optareg.sam (filled in by its issue)."""
+"""Conformance entries for optareg.sam (sharpness-aware minimization, extra-args, first in chain)."""
 
+import optax
+
+import optareg
 from registry._entry import Entry
 
-ENTRIES: list[Entry] = []
+_MASKED_REASON = (
+    "optax.masked(sam_perturb) is not meaningful: grad_fn needs the full parameters, but "
+    "optax.masked hands the inner transform MaskedNode placeholders; use sam_perturb(mask=...)"
+)
+_SKIP = {"masked": _MASKED_REASON}
+_MASK = {"conv": {"kernel": True}, "dense": {"bias": False, "kernel": True}, "scale": False}
+_FLOATS = ("rho", "adaptive_eta", "gsam_alpha", "reuse_alpha", "eps")
+
+
+def _entry(id_, kwargs, inject=("rho",)):
+    return Entry(
+        id_,
+        optareg.sam_perturb,
+        kwargs,
+        inject=inject,
+        position="first",
+        needs_grad_fn=True,
+        skip=_SKIP,
+        atol=1e-5,
+    )
+
+
+ENTRIES: list[Entry] = [
+    _entry("sam_perturb-l2", {"rho": 0.05}),
+    _entry("sam_perturb-linf", {"rho": 0.01, "norm": "linf"}),
+    _entry(
+        "sam_perturb-adaptive",
+        {"rho": 0.5, "adaptive": True, "adaptive_eta": 0.01},
+        inject=("rho", "adaptive_eta"),
+    ),
+    _entry("sam_perturb-gsam", {"rho": 0.05, "gsam_alpha": 0.3}, inject=("rho", "gsam_alpha")),
+    _entry(
+        "sam_perturb-reuse3",
+        {"rho": 0.05, "reuse_every": 3, "reuse_alpha": 0.7},
+        inject=("rho", "reuse_alpha"),
+    ),
+    _entry("sam_perturb-schedule", {"rho": optax.linear_schedule(0.1, 0.01, 10)}, inject=()),
+    _entry("sam_perturb-mask", {"rho": 0.05, "mask": _MASK}),
+]

@@ -1,0 +1,141 @@
+"""Quickstart: an AdamW-style optimizer built from optareg pieces, on a Flax NNX MLP.
+
+Data: scikit-learn's bundled handwritten digits (1797 images of 8x8 pixels, 10 classes), split
+into 80% train / 20% validation (stratified, fixed seed). Model: a two-layer Flax NNX MLP.
+
+The optimizer is AdamW written as a chain of pieces, with diagnostics around it::
+
+    optax.chain(
+        optareg.track(name="raw"),                 # records the raw gradients' norm
+        optax.scale_by_adam(),
+        optareg.add_decayed_weights(λ, mask=optareg.masks.decay_mask),  # kernels only
+        optax.scale_by_learning_rate(η),           # decay applied: η·λ·θ (PyTorch convention)
+        optareg.track(name="step"),                # records ‖Δθ‖, ‖θ‖, ‖Δθ‖/‖θ‖, sparsity
+    )
+
+Each epoch prints the train loss, the validation accuracy, the parameter norm and the
+update/parameter ratio ‖Δθ‖/‖θ‖ of the last step, all read from the optimizer state with
+``optareg.metrics``. A jit-able ``optareg.early_stopping`` (Keras semantics) watches the
+validation accuracy and restores the best weights at the end.
+
+Run: ``python examples/quickstart.py`` (about 10 s on 2 CPU cores; ``--epochs``, ``--hidden``,
+``--batch-size``, ``--lr``, ``--weight-decay``, ``--patience`` to change the setting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+import optareg
+
+
+def load_data(seed: int = 0):
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)  # pixel intensities are 0..16
+    x_tr, x_va, y_tr, y_va = train_test_split(x, y, test_size=0.2, random_state=seed, stratify=y)
+    return x_tr, x_va, y_tr.astype(np.int32), y_va.astype(np.int32)
+
+
+class MLP(nnx.Module):
+    def __init__(self, d_in: int, hidden: int, d_out: int, rngs: nnx.Rngs):
+        self.dense1 = nnx.Linear(d_in, hidden, rngs=rngs)
+        self.dense2 = nnx.Linear(hidden, d_out, rngs=rngs)
+
+    def __call__(self, x):
+        return self.dense2(jax.nn.relu(self.dense1(x)))
+
+
+def make_optimizer(lr: float, weight_decay: float) -> optax.GradientTransformation:
+    # TODO(quickstart): once the other families land, show them here too, e.g.
+    #   optareg.decoupled_weight_decay(...) instead of add_decayed_weights (post-step, last),
+    #   optareg.prox_l1(...) / optareg.spectral_clip(...) (post-step, before the last track),
+    #   optareg.sam_perturb(...) (first; needs grad_fn=... in optimizer.update).
+    return optax.chain(
+        optareg.track(name="raw"),
+        optax.scale_by_adam(),
+        optareg.add_decayed_weights(weight_decay, mask=optareg.masks.decay_mask),
+        optax.scale_by_learning_rate(lr),
+        optareg.track(name="step"),
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--weight-decay", type=float, default=1e-2)
+    parser.add_argument("--patience", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+
+    x_tr, x_va, y_tr, y_va = load_data(args.seed)
+    model = MLP(x_tr.shape[1], args.hidden, 10, nnx.Rngs(args.seed))
+    optimizer = nnx.Optimizer(model, make_optimizer(args.lr, args.weight_decay), wrt=nnx.Param)
+    stopper = optareg.early_stopping(args.patience, mode="max")
+    es_update = jax.jit(stopper.update)
+    es_state = stopper.init(nnx.state(model, nnx.Param))
+
+    @nnx.jit
+    def train_step(model, optimizer, x, y):
+        def loss_fn(model):
+            return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss, optareg.metrics(optimizer.opt_state)
+
+    @nnx.jit
+    def accuracy(model, x, y):
+        return jnp.mean(jnp.argmax(model(x), -1) == y)
+
+    rng = np.random.default_rng(args.seed)
+    n_batches = len(x_tr) // args.batch_size
+    header = (
+        f"{'epoch':>5} {'train loss':>10} {'val acc':>8} {'‖θ‖':>8} {'‖Δθ‖/‖θ‖':>9} "
+        f"{'raw ‖g‖':>8} {'non-finite':>10}"
+    )
+    print(header)
+    print("-" * len(header))
+    for epoch in range(args.epochs):
+        perm = rng.permutation(len(x_tr))
+        losses = []
+        for b in range(n_batches):
+            idx = perm[b * args.batch_size : (b + 1) * args.batch_size]
+            loss, m = train_step(model, optimizer, x_tr[idx], y_tr[idx])
+            losses.append(loss)
+        m = jax.device_get(m)  # the metrics of the epoch's last step, as numbers
+        val_acc = accuracy(model, x_va, y_va)
+        es_state = es_update(es_state, val_acc, nnx.state(model, nnx.Param))
+        print(
+            f"{epoch:5d} {float(np.mean(jax.device_get(losses))):10.4f} {float(val_acc):8.4f} "
+            f"{m['step/param_norm']:8.3f} {m['step/update_ratio']:9.2e} "
+            f"{m['raw/grad_norm']:8.3f} {int(m['raw/nonfinite']):10d}"
+        )
+        if es_state.should_stop:
+            print(f"early stopping at epoch {epoch} (patience {args.patience})")
+            break
+
+    nnx.update(model, es_state.best_params)
+    best = float(accuracy(model, x_va, y_va))
+    print(
+        f"restored the weights of epoch {int(es_state.best_step)}: validation accuracy "
+        f"{best:.4f} (best seen {float(es_state.best_value):.4f})"
+    )
+    print(f"done in {time.perf_counter() - t0:.1f} s")
+    return best
+
+
+if __name__ == "__main__":
+    main()
