@@ -167,7 +167,7 @@ def run(ctx: Context) -> list[Section]:
             counters.append((counter, evals))
         if not built:
             continue
-        times = time_interleaved(built, ctx.reps, ctx.warmup, inner=INNER)
+        times = time_interleaved(built, ctx.reps, ctx.warmup * INNER, inner=INNER)
         jax.effects_barrier()
         sgd_t = times[0] if names[0] == "optax.sgd" else None
         for name, r, (counter, evals), t in zip(names, built, counters, times, strict=True):
@@ -192,7 +192,7 @@ def run(ctx: Context) -> list[Section]:
             intro=" ".join(__doc__.split("\n\n")[1].split()),
             notes=[
                 f"ρ = {RHO}, learning rate {LR}; {ctx.reps} timed repetitions of {INNER} steps "
-                f"each after {ctx.warmup} warm-up repetitions; evaluations counted over "
+                f"each after {ctx.warmup * INNER} warm-up steps; evaluations counted over "
                 f"{COUNT_STEPS} steps"
                 + (" (size tiny: counted during the timed steps)." if ctx.size == "tiny" else "."),
             ],

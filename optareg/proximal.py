@@ -39,7 +39,12 @@ _STATS = {"zeros_fraction": _base.zeros_fraction}
 
 
 def _as(value, dt):
-    return jnp.asarray(value).astype(dt)
+    """A hyperparameter as a scalar of dtype ``dt``, opaque to XLA's constant folding.
+
+    The barrier makes a Python-float strength compile to the same arithmetic as a traced one
+    (``optax.inject_hyperparams``), so the two give bit-identical updates.
+    """
+    return jax.lax.optimization_barrier(jnp.asarray(value).astype(dt))
 
 
 def _check_lr(learning_rate):

@@ -133,8 +133,8 @@ def sam_perturb(
         g_{\mathrm{out}} = \nabla L(\theta + \operatorname{sg}(\varepsilon)).
 
     ``‖g‖`` is the **global** norm over all (masked-in) leaves, computed in float32; a zero
-    gradient gives ``ε = 0`` (never NaN), and ``rho = 0`` gives ``g_out = grad_fn(θ)``, i.e. the
-    base optimizer exactly when ``grad_fn`` is the function that produced ``g``.
+    gradient gives ``ε = 0`` (never NaN), and ``rho = 0`` returns ``g`` itself (``θ + 0 = θ``, so
+    ``grad_fn(θ) = g`` by contract): the base optimizer bit for bit, also with GSAM or LookSAM.
 
     * ``adaptive=True`` (ASAM): with ``T = |θ| + η_a`` elementwise, the ball is
       ``‖T⁻¹ε‖ ≤ ρ``, so ``ε = ρ·T²g/‖Tg‖`` (l2) or ``ε = ρ·T·sign(g)`` (linf).
@@ -312,13 +312,16 @@ def sam_perturb(
             if static_no_gsam:
                 out = [gp.astype(g.dtype) for gp, g in zip(gp_leaves, g_leaves, strict=True)]
             else:
-                alpha = jnp.where(on, alpha_t, 0.0)
+                alpha = alpha_t
                 inv_p = _safe_inv(gp_norm)
                 c = _dot(g_leaves, gp_leaves) * inv_p * inv_p  # (g·ĝ_p)/‖g_p‖
                 out = [
                     (_f32(gp) - alpha * (_f32(g) - c * _f32(gp))).astype(g.dtype)
                     for gp, g in zip(gp_leaves, g_leaves, strict=True)
                 ]
+            # rho == 0: θ + ε = θ, so g_p is g by contract; return g itself (bit-exact, however
+            # XLA compiles the user's grad_fn inside this program).
+            out = [jnp.where(on, o, g) for o, g in zip(out, g_leaves, strict=True)]
             if state.g_v is None:
                 return out, None, gp_norm
             inv_g = _safe_inv(g_norm)

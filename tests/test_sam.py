@@ -414,11 +414,14 @@ def test_axis_name_local_perturbation_under_vmap():
         out, _ = tx.update(gf(params), state, params, grad_fn=gf)
         return jax.lax.pmean(out, "data"), out
 
-    mean, local = jax.vmap(per_device, axis_name="data")(xs, ys)
-    expected = []
-    for i in range(4):
-        gf = lambda p, i=i: jax.grad(shard_loss)(p, xs[i], ys[i])  # noqa: E731
-        expected.append(tx.update(gf(params), state, params, grad_fn=gf)[0])
+    mean, local = jax.jit(jax.vmap(per_device, axis_name="data"))(xs, ys)
+
+    @jax.jit
+    def alone(x, y):  # one shard on its own, no named axis at all
+        gf = lambda p: jax.grad(shard_loss)(p, x, y)  # noqa: E731
+        return tx.update(gf(params), state, params, grad_fn=gf)[0]
+
+    expected = [alone(xs[i], ys[i]) for i in range(4)]
     for i in range(4):
         chex.assert_trees_all_close(
             jax.tree.map(lambda t, i=i: t[i], local), expected[i], rtol=1e-5
