@@ -154,6 +154,7 @@ def run(ctx: Context) -> list[Section]:
         base_times.append(t_a)
         r = ratios(t_b, t_a)
         med = float(np.median(r))
+        ctx.log(f"[overhead]   ratio {med:.3f} (compile {runner.compile_s:.1f} s)")
         met = "—"
         if target:
             met = "yes" if med <= target else f"**no** (+{(med - target) * 100:.1f} pts)"

@@ -12,7 +12,7 @@ A 1-Lipschitz network cannot produce large logit gaps from inputs of norm ~5, so
 run multiplies its logits by a fixed ``--temperature`` inside the loss only (the classifier's
 argmax and its certificate are those of the unscaled network f).
 
-Run:  python examples/lipschitz_mlp.py [--steps 400] [--method power|exact|newton_schulz]
+Run:  python examples/lipschitz_mlp.py [--steps 300] [--method power|exact|newton_schulz]
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def train(data, *, clip, method, steps, lr, batch, seed, sizes, temperature):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--batch", type=int, default=128)

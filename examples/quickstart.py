@@ -18,8 +18,12 @@ update/parameter ratio ‖Δθ‖/‖θ‖ of the last step, all read from the o
 ``optareg.metrics``. A jit-able ``optareg.early_stopping`` (Keras semantics) watches the
 validation accuracy and restores the best weights at the end.
 
+Optional post-step regularizers: ``--l1 λ`` adds ``optareg.prox_l1`` (exact zeros; a ``zeros``
+column shows the sparsity of θ) and ``--max-sigma c`` adds ``optareg.spectral_clip`` (every weight
+matrix kept at spectral norm ≤ c; a ``max σ`` column shows the largest estimate).
+
 Run: ``python examples/quickstart.py`` (about 10 s on 2 CPU cores; ``--epochs``, ``--hidden``,
-``--batch-size``, ``--lr``, ``--weight-decay``, ``--patience`` to change the setting).
+``--batch-size``, ``--lr``, ``--weight-decay``, ``--patience``, ``--l1``, ``--max-sigma``).
 """
 
 from __future__ import annotations
@@ -54,16 +58,24 @@ class MLP(nnx.Module):
         return self.dense2(jax.nn.relu(self.dense1(x)))
 
 
-def make_optimizer(lr: float, weight_decay: float) -> optax.GradientTransformation:
-    # TODO(quickstart): once the other families land, show them here too, e.g.
-    #   optareg.decoupled_weight_decay(...) instead of add_decayed_weights (post-step, last),
-    #   optareg.prox_l1(...) / optareg.spectral_clip(...) (post-step, before the last track),
-    #   optareg.sam_perturb(...) (first; needs grad_fn=... in optimizer.update).
+def make_optimizer(
+    lr: float, weight_decay: float, l1: float = 0.0, max_sigma: float = 0.0
+) -> optax.GradientTransformation:
+    # Post-step regularizers (optional, off by default) go after the learning rate, before the
+    # last track so that it measures the step actually applied.
+    # TODO(quickstart): optareg.sam_perturb(rho) goes first and needs
+    #   optimizer.update(model, grads, grad_fn=...) with a grad_fn over the pure NNX params.
+    post = []
+    if l1 > 0:
+        post.append(optareg.prox_l1(l1, lr, mask=optareg.masks.decay_mask))  # exact zeros
+    if max_sigma > 0:
+        post.append(optareg.spectral_clip(max_sigma, method="power"))  # ‖W‖₂ ≤ max_sigma
     return optax.chain(
         optareg.track(name="raw"),
         optax.scale_by_adam(),
         optareg.add_decayed_weights(weight_decay, mask=optareg.masks.decay_mask),
         optax.scale_by_learning_rate(lr),
+        *post,
         optareg.track(name="step"),
     )
 
@@ -76,13 +88,16 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--weight-decay", type=float, default=1e-2)
     parser.add_argument("--patience", type=int, default=5)
+    parser.add_argument("--l1", type=float, default=0.0, help="prox_l1 strength (0: off)")
+    parser.add_argument("--max-sigma", type=float, default=0.0, help="spectral_clip bound (0: off)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
 
     x_tr, x_va, y_tr, y_va = load_data(args.seed)
     model = MLP(x_tr.shape[1], args.hidden, 10, nnx.Rngs(args.seed))
-    optimizer = nnx.Optimizer(model, make_optimizer(args.lr, args.weight_decay), wrt=nnx.Param)
+    tx = make_optimizer(args.lr, args.weight_decay, args.l1, args.max_sigma)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     stopper = optareg.early_stopping(args.patience, mode="max")
     es_update = jax.jit(stopper.update)
     es_state = stopper.init(nnx.state(model, nnx.Param))
@@ -105,6 +120,8 @@ def main(argv=None):
     header = (
         f"{'epoch':>5} {'train loss':>10} {'val acc':>8} {'‖θ‖':>8} {'‖Δθ‖/‖θ‖':>9} "
         f"{'raw ‖g‖':>8} {'non-finite':>10}"
+        + (f" {'zeros':>6}" if args.l1 > 0 else "")
+        + (f" {'max σ':>6}" if args.max_sigma > 0 else "")
     )
     print(header)
     print("-" * len(header))
@@ -122,6 +139,8 @@ def main(argv=None):
             f"{epoch:5d} {float(np.mean(jax.device_get(losses))):10.4f} {float(val_acc):8.4f} "
             f"{m['step/param_norm']:8.3f} {m['step/update_ratio']:9.2e} "
             f"{m['raw/grad_norm']:8.3f} {int(m['raw/nonfinite']):10d}"
+            + (f" {m['step/sparsity']:6.3f}" if args.l1 > 0 else "")
+            + (f" {m['spectral_clip/sigma_max']:6.3f}" if args.max_sigma > 0 else "")
         )
         if es_state.should_stop:
             print(f"early stopping at epoch {epoch} (patience {args.patience})")

@@ -18,7 +18,11 @@ The training step is the same for all three::
 For each run it prints the test accuracy, the final training loss, the top eigenvalue of the
 Hessian of the full training loss at the final weights (power iteration on Hessian-vector
 products, ``jax.jvp`` of ``jax.grad``), and the measured wall time per step relative to SGD (SAM
-costs two gradient evaluations per step, so about 2×). SAM's top eigenvalue comes out lower.
+costs two gradient evaluations per step, so about 2×). SAM's top eigenvalue comes out lower, and
+not because it fits the training set better: the cross-entropy Hessian shrinks as the training
+loss goes to zero, so the script also prints the training loss, which is at least SGD's for SAM
+with the defaults (measured on 2 CPU cores: SGD λ_max ≈ 1.16 at train loss 0.0032, SAM
+λ_max ≈ 0.13 at 0.0047, about 9× lower; ASAM λ_max ≈ 0.20 at 0.0025, about 6× lower).
 
 Saves ``examples/figures/sam_flatness.png``: training-loss curves and the loss along the top
 Hessian eigenvector around each solution.
@@ -76,7 +80,7 @@ def make_loss(graphdef):
     return loss, accuracy
 
 
-def top_hessian_eigenvalue(loss_fn, params, iters=40, seed=0):
+def top_hessian_eigenvalue(loss_fn, params, iters=100, seed=0):
     """Largest-magnitude Hessian eigenvalue by power iteration on HVPs (jvp of grad)."""
     flat, unravel = ravel_pytree(params)
     grad_flat = lambda f: ravel_pytree(jax.grad(loss_fn)(unravel(f)))[0]  # noqa: E731
@@ -127,11 +131,11 @@ def loss_along(loss_fn, params, direction, ts):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=1200, help="minibatch steps per run")
+    ap.add_argument("--steps", type=int, default=800, help="minibatch steps per run")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.05)
-    ap.add_argument("--rho", type=float, default=0.1, help="SAM radius")
+    ap.add_argument("--rho", type=float, default=0.3, help="SAM radius")
     ap.add_argument("--asam-rho", type=float, default=1.0, help="ASAM radius")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-plot", action="store_true")
@@ -170,16 +174,26 @@ def main(argv=None):
         )
 
     sgd = results["SGD"]
-    print(f"digits: {len(ytr)} train / {len(yte)} test, MLP 64-{args.width}-{args.width}-10, "
-          f"{args.steps} steps of batch {args.batch}, sgd(lr={args.lr}, momentum=0.9)")
-    print(f"{'method':<6} {'test acc':>9} {'train loss':>11} {'top Hessian eig':>16} "
-          f"{'vs SGD':>8} {'cost/step vs SGD':>17}")
+    print(
+        f"digits: {len(ytr)} train / {len(yte)} test, MLP 64-{args.width}-{args.width}-10, "
+        f"{args.steps} steps of batch {args.batch}, sgd(lr={args.lr}, momentum=0.9)"
+    )
+    print(
+        f"{'method':<6} {'test acc':>9} {'train loss':>11} {'top Hessian eig':>16} "
+        f"{'vs SGD':>8} {'cost/step vs SGD':>17}"
+    )
     for name, r in results.items():
-        print(f"{name:<6} {r['acc']:>9.4f} {r['train_loss']:>11.4f} {r['lam']:>16.3f} "
-              f"{r['lam'] / sgd['lam']:>7.2f}x {r['sec'] / sgd['sec']:>16.2f}x")
+        print(
+            f"{name:<6} {r['acc']:>9.4f} {r['train_loss']:>11.4f} {r['lam']:>16.3f} "
+            f"{r['lam'] / sgd['lam']:>7.2f}x {r['sec'] / sgd['sec']:>16.2f}x"
+        )
     for name in ("SAM", "ASAM"):
-        drop = 100.0 * (1.0 - results[name]["lam"] / sgd["lam"])
-        print(f"{name} lowers the top Hessian eigenvalue by {drop:.0f}% relative to SGD.")
+        r = results[name]
+        drop = 100.0 * (1.0 - r["lam"] / sgd["lam"])
+        print(
+            f"{name} lowers the top Hessian eigenvalue by {drop:.0f}% relative to SGD "
+            f"(at a training loss {r['train_loss'] / sgd['train_loss']:.2f}x SGD's)."
+        )
 
     if not args.no_plot:
         import matplotlib
@@ -193,12 +207,22 @@ def main(argv=None):
             smooth = np.convolve(r["losses"], np.ones(k) / k, mode="valid")
             a1.plot(smooth, label=name)
             ts = np.linspace(-1.0, 1.0, 41)
-            a2.plot(ts, loss_along(train_loss, r["params"], r["vec"], ts),
-                    label=f"{name} (λ_max={r['lam']:.1f})")
-        a1.set(xlabel="step", ylabel="minibatch loss (moving avg.)", yscale="log",
-               title="training loss")
-        a2.set(xlabel="t (unit top eigenvector)", ylabel="train loss",
-               title="loss along the top Hessian eigenvector")
+            a2.plot(
+                ts,
+                loss_along(train_loss, r["params"], r["vec"], ts),
+                label=f"{name} (λ_max={r['lam']:.1f})",
+            )
+        a1.set(
+            xlabel="step",
+            ylabel="minibatch loss (moving avg.)",
+            yscale="log",
+            title="training loss",
+        )
+        a2.set(
+            xlabel="t (unit top eigenvector)",
+            ylabel="train loss",
+            title="loss along the top Hessian eigenvector",
+        )
         a1.legend()
         a2.legend()
         fig.tight_layout()

@@ -163,8 +163,8 @@ def spectral_clip_matrix(x: jax.Array, c=1.0, method: str = "exact", *, ns_steps
 
     * ``method="exact"``: ``eigh`` of the Gram matrix on the short side ``G = WᵀW = V Λ Vᵀ`` and
       ``W' = W − W V diag(max(0, 1 − c/√λ)) Vᵀ``. Directions inside the ball receive an exact zero
-      correction. (Measured on CPU and GPU to be faster than an SVD at equal float32 accuracy on
-      the clipped singular values; see the spectral module docs.)
+      correction. (Measured on CPU to be 1.5–2.3× faster than an SVD and at least as accurate
+      in float32; see :mod:`optareg.spectral`.)
     * ``method="newton_schulz"``: only matrix products (GPU/TPU, bf16-friendly):
       ``clip_c(W) = c·clip_1(W/c)`` with
       ``clip_1(M) = ½[M + msign(M) + (msign(M) − M)·msign(MᵀM − I)]`` (Gram on the short side),
@@ -172,12 +172,14 @@ def spectral_clip_matrix(x: jax.Array, c=1.0, method: str = "exact", *, ns_steps
       ``σ`` this gives ``½[σ + q + (q − σ)s]`` with ``q ≈ 1`` and ``s ≈ sign(σ² − 1)``: exact
       (``σ`` if ``s = −1``, ``q`` if ``s = +1``) wherever the iterations have converged.
       Eigenvalues ``σ² − 1`` of ``MᵀM − I`` that are tiny compared with ``‖MᵀM − I‖_F``
-      (singular values within ~10⁻⁴ relative of ``c``) are not driven to ±1: there ``s ∈ (−1, 1)``
-      and the output ``σ + ½(1 − σ)(1 − s)`` lies *between* σ and c, so the error is at most
-      ``|σ − c|/2`` for those values — i.e. tiny, and it never overshoots much: the worst excess
-      over ``c`` is about ``‖MᵀM − I‖_F/10⁵`` (relative). Measured in the tests: σ_max of the
-      result ≤ ``c·(1 + 10⁻²)`` in float32 and bfloat16 on Gaussian and post-step matrices, and
-      a relative Frobenius distance to the exact projection of order 10⁻³ or below.
+      (σ/c within about 10⁻⁴·‖MᵀM − I‖_F of 1) are not driven to ±1: there ``s ∈ (−1, 1)``
+      has the right sign and the output ``σ + ½(1 − σ)(1 + s)`` (units of c) lies *between*
+      σ and c, so the error is at most ``|σ − c|/2`` for those values. The overshoot above c
+      is largest when many singular values sit just above c while ``‖MᵀM − I‖_F`` is large.
+      Measured (tests, float32): post-step matrices (σ_max ∈ [0.5c, 3c], 32×64 … 128×128)
+      σ_max ≤ c·(1 + 1e-6), relative Frobenius distance to the exact projection ≤ 3e-5; raw
+      N(0, 1) 128×128 with c = 2 (σ_max ≈ 11c): σ_max ≤ c·(1 + 1.4e-3), distance 2.5e-4. In
+      bfloat16 (computed in float32, rounded back): σ_max ≤ c·(1 + 2.1e-3), distance ≈ 1.7e-3.
 
     Args:
       x: array of shape ``(..., m, n)``; leading axes are a batch of matrices.

@@ -131,76 +131,45 @@ def _zero(metric: str) -> jax.Array:
     return jnp.zeros([], _dtype(metric))
 
 
-class _LeafSums(NamedTuple):
-    """One pass over a leaf: sums of squares (in at least float32) and counts."""
-
-    u_norm: jax.Array  # ‖u‖₂
-    p_norm: jax.Array  # ‖θ‖₂
-    zeros: jax.Array  # int32: exact zeros of apply_updates(θ, u)
-    nonfinite: jax.Array  # int32: NaN/Inf entries of u
-    size: int
-
-
 _DOWN = 2.0**-100  # exact power-of-two rescaling: max float32 · 2⁻¹⁰⁰ ≈ 2.7e8, squares fit
 
 
-def _norm(x: jax.Array) -> jax.Array:
-    """‖x‖₂ in one pass; a second, rescaled pass (by 2⁻¹⁰⁰) only if Σx² overflows.
+def _ssq(x: jax.Array, scale: float | None = None) -> jax.Array:
+    """Σx² of one leaf in (at least) float32; with ``scale``, Σ(x·scale)²."""
+    x = x.astype(_base.compute_dtype(x))
+    if scale is not None:
+        # The barrier stops XLA from reassociating (x·c)² into x²·c² (c² underflows to 0).
+        x = jax.lax.optimization_barrier(x * scale)
+    return jnp.sum(jnp.square(x))
 
-    The rescaling is by a power of two so that it is exact and its reciprocal is a normal number
-    (dividing by ``max|x|`` would need ``1/max|x|``, which flushes to zero near the top of the
-    float32 range on backends without denormals). Entries that the rescaling sends below the
-    normal range are negligible next to one whose square overflowed.
+
+def _norms(leaves: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """Per-leaf norms (a vector) and the global norm, overflow-safe.
+
+    One pass computes every Σx²; only if the total overflows (entries ≳ 1e19) does a single
+    ``lax.cond`` run a second pass with every leaf rescaled by the exact power of two 2⁻¹⁰⁰
+    (a power of two, so the rescaling is exact and its reciprocal a normal number; entries it
+    sends below the normal range are negligible next to one whose square overflowed).
     """
-    if x.size == 0:
-        return jnp.zeros([], x.dtype)
-    ssq = jnp.sum(jnp.square(x))
+    ssq = jnp.stack([_ssq(x) for x in leaves])
+    total = jnp.sum(ssq)
 
-    def rescued(x):
-        # The barriers stop XLA from reassociating (x·c)² into x²·c² (c² underflows to 0).
+    def plain(leaves):
+        del leaves
+        return jnp.sqrt(ssq), jnp.sqrt(total)
+
+    def rescued(leaves):
+        s = jnp.stack([_ssq(x, _DOWN) for x in leaves]).astype(ssq.dtype)
         barrier = jax.lax.optimization_barrier
-        return barrier(jnp.sqrt(jnp.sum(jnp.square(barrier(x * _DOWN))))) / _DOWN
+        return barrier(jnp.sqrt(s)) / _DOWN, barrier(jnp.sqrt(jnp.sum(s))) / _DOWN
 
-    return jax.lax.cond(jnp.isposinf(ssq), rescued, lambda x: jnp.sqrt(ssq), x)
-
-
-def _leaf_norm(x: jax.Array) -> jax.Array:
-    """‖x‖₂ of one leaf in (at least) float32."""
-    return _norm(x.astype(_base.compute_dtype(x)).ravel())
-
-
-def _combine(norms: list[jax.Array]) -> jax.Array:
-    """‖(‖x₁‖, …, ‖xₙ‖)‖₂ over the leaf norms (the global norm), overflow-safe."""
-    return _norm(jnp.stack(norms))
-
-
-def _leaf_sums(u: jax.Array, p: jax.Array) -> _LeafSums:
-    new_p = jnp.asarray(p + u).astype(jnp.asarray(p).dtype)  # exactly optax.apply_updates
-    return _LeafSums(
-        u_norm=_leaf_norm(u),
-        p_norm=_leaf_norm(p),
-        zeros=jnp.sum(new_p == 0, dtype=jnp.int32),
-        nonfinite=jnp.sum(~jnp.isfinite(u), dtype=jnp.int32),
-        size=int(u.size),
-    )
+    return jax.lax.cond(jnp.isposinf(total), rescued, plain, leaves)
 
 
 def _ratio(u_norm: jax.Array, p_norm: jax.Array) -> jax.Array:
     """‖u‖/‖θ‖, defined as 0 when ‖θ‖ = 0 (a NaN norm still gives NaN)."""
     zero = p_norm == 0
     return jnp.where(zero, jnp.zeros_like(u_norm), u_norm / jnp.where(zero, 1, p_norm))
-
-
-def _leaf_metrics(s: _LeafSums) -> dict[str, jax.Array]:
-    un, pn = s.u_norm, s.p_norm
-    return {
-        "grad_norm": un,
-        "param_norm": pn,
-        "update_norm": un,
-        "update_ratio": _ratio(un, pn),
-        "sparsity": s.zeros / max(s.size, 1),
-        "nonfinite": s.nonfinite,
-    }
 
 
 def track(
@@ -230,9 +199,9 @@ def track(
     (``step/update_ratio``, ``step/sparsity``).
 
     Norms accumulate in (at least) float32, so bfloat16 parameters give float32-accurate norms.
-    They are overflow-safe: when a leaf's sum of squares exceeds the float32 range (entries
-    ≳ 1e19, typical of a diverging run) a second, rescaled pass (by an exact power of two) runs
-    for that leaf only (``lax.cond``), so ``update_ratio`` stays a finite, meaningful number
+    They are overflow-safe: only when a sum of squares exceeds the float32 range (entries
+    ≳ 1e19, typical of a diverging run) does a second, rescaled pass (by an exact power of two)
+    run, behind one ``lax.cond`` per call, so ``update_ratio`` stays a finite, meaningful number
     until the entries themselves are infinite. ``update_ratio`` is defined as 0 when
     ``‖θ‖ = 0`` (never NaN/Inf from the denominator). Otherwise one pass over the updates and
     parameters; no gradient evaluation. All metrics are stored as float32 scalars, except
@@ -287,38 +256,45 @@ def track(
         treedef = jax.tree.structure(updates, is_leaf=lambda x: x is None)
         u_leaves = treedef.flatten_up_to(updates)
         p_leaves = treedef.flatten_up_to(params)
-        sums = [
-            None if u is None else _leaf_sums(u, p) for u, p in zip(u_leaves, p_leaves, strict=True)
-        ]
-        live = [s for s in sums if s is not None]
+        live = [i for i, u in enumerate(u_leaves) if u is not None and u.size]
         if not live:
             return updates, state
-        un = _combine([s.u_norm for s in live])
-        pn = _combine([s.p_norm for s in live])
-        size = sum(s.size for s in live)
+        u_live = [u_leaves[i] for i in live]
+        p_live = [p_leaves[i] for i in live]
+        u_norms, un = _norms(u_live)
+        p_norms, pn = _norms(p_live)
+        # exact zeros of optax.apply_updates(θ, u), and NaN/Inf entries of u
+        zeros = [
+            jnp.sum(jnp.asarray(p + u).astype(jnp.asarray(p).dtype) == 0, dtype=jnp.int32)
+            for u, p in zip(u_live, p_live, strict=True)
+        ]
+        nonfinite = [jnp.sum(~jnp.isfinite(u), dtype=jnp.int32) for u in u_live]
+        sizes = [int(u.size) for u in u_live]
         values = {
             "grad_norm": un,
             "param_norm": pn,
             "update_norm": un,
             "update_ratio": _ratio(un, pn),
-            "sparsity": sum(s.zeros for s in live) / max(size, 1),
-            "nonfinite": sum(s.nonfinite for s in live),
+            "sparsity": sum(zeros) / sum(sizes),
+            "nonfinite": sum(nonfinite),
         }
         stats = {keys[m]: jnp.asarray(values[m]).astype(_dtype(m)) for m in _METRICS}
         trees = None
         if per_leaf:
-            leaf_values = [None if s is None else _leaf_metrics(s) for s in sums]
-            trees = {
-                keys[m]: treedef.unflatten(
-                    [
-                        old if lv is None else jnp.asarray(lv[m]).astype(_dtype(m))
-                        for lv, old in zip(
-                            leaf_values, treedef.flatten_up_to(state.per_leaf[keys[m]]), strict=True
-                        )
-                    ]
-                )
-                for m in _METRICS
+            per = {
+                "grad_norm": list(u_norms),
+                "param_norm": list(p_norms),
+                "update_norm": list(u_norms),
+                "update_ratio": list(_ratio(u_norms, p_norms)),
+                "sparsity": [z / n for z, n in zip(zeros, sizes, strict=True)],
+                "nonfinite": nonfinite,
             }
+            trees = {}
+            for m in _METRICS:
+                old = treedef.flatten_up_to(state.per_leaf[keys[m]])
+                for j, i in enumerate(live):
+                    old[i] = jnp.asarray(per[m][j]).astype(_dtype(m))
+                trees[keys[m]] = treedef.unflatten(old)
         return updates, TrackState(stats=stats, per_leaf=trees)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

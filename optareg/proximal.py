@@ -164,6 +164,11 @@ def prox_elastic_net(
 
 
 def _check_axis(axis):
+    if isinstance(axis, jax.core.Tracer):
+        raise TypeError(
+            "`axis` must be a static Python int, not a traced value; with "
+            "`optax.inject_hyperparams` pass `static_args=('axis',)`."
+        )
     if isinstance(axis, bool) or not hasattr(axis, "__index__"):
         raise TypeError(f"`axis` must be an int; got {type(axis).__name__} {axis!r}.")
     return operator.index(axis)
@@ -198,7 +203,8 @@ def prox_group_lasso(
     Args:
       strength: group-lasso strength ``λ ≥ 0`` (constant or schedule).
       learning_rate: the optimizer's learning rate ``η > 0`` (the same constant or schedule).
-      axis: the axis indexing the groups in every selected leaf (a static int).
+      axis: the axis indexing the groups in every selected leaf (a static int; under
+        ``optax.inject_hyperparams`` pass ``static_args=("axis",)``).
       mask: optax mask (``True`` = apply the prox).
 
     Returns:
@@ -447,10 +453,11 @@ def prox_adam(
         for g, p, m, v, s in zip(flat_g, flat_p, flat_mu, flat_nu, flat_sel, strict=True):
             dt = m.dtype
             g32, p32 = g.astype(dt), p.astype(dt)
-            m = _as(b1, dt) * m + _as(1 - b1, dt) * g32
-            v = _as(b2, dt) * v + _as(1 - b2, dt) * jnp.square(g32)
-            m_hat = m / (1 - _as(b1, dt) ** t.astype(dt))
-            v_hat = v / (1 - _as(b2, dt) ** t.astype(dt))
+            beta1, beta2 = _as(b1, dt), _as(b2, dt)  # 1 − β in dt: same bits if injected
+            m = beta1 * m + (1 - beta1) * g32
+            v = beta2 * v + (1 - beta2) * jnp.square(g32)
+            m_hat = m / (1 - beta1 ** t.astype(dt))
+            v_hat = v / (1 - beta2 ** t.astype(dt))
             den = jnp.sqrt(v_hat) + _as(eps, dt)
             pos = den > 0
             safe = jnp.where(pos, den, 1)

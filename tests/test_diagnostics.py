@@ -134,6 +134,24 @@ def test_placement_first_sees_gradients_last_sees_final_step():
     np.testing.assert_allclose(float(m["step/sparsity"]), np.mean(new == 0), rtol=1e-6)
 
 
+@pytest.mark.parametrize("jit", [True, False], ids=["jit", "eager"])
+def test_norms_do_not_overflow(jit):
+    """Entries near 1e30 (squares overflow float32): norms still match float64, ratio finite."""
+    params = jax.tree.map(lambda x: x * 1e30, make_tree())
+    updates = jax.tree.map(lambda x: x * 1e31, make_updates(make_tree()))
+    tx = optareg.track(per_leaf=True, name="t")
+    update = jax.jit(tx.update) if jit else tx.update
+    _, state = update(updates, tx.init(params), params)
+    m = optareg.metrics(state)
+    want = np_metrics(jax.tree.leaves(updates), jax.tree.leaves(params))
+    for k in ("grad_norm", "param_norm", "update_ratio"):
+        np.testing.assert_allclose(float(m[f"t/{k}"]), want[k], rtol=1e-5)
+    # the scalar leaf (a size-1 reduction) too
+    leaf = np_metrics([updates["scale"]], [params["scale"]])
+    np.testing.assert_allclose(float(m["t/param_norm/scale"]), leaf["param_norm"], rtol=1e-6)
+    chex.assert_tree_all_finite(state)
+
+
 def test_zero_params_give_zero_ratio_not_nan():
     params = jax.tree.map(jnp.zeros_like, make_tree())
     updates = make_updates(make_tree())
@@ -210,8 +228,11 @@ def nested_tx():
         optax.inject_hyperparams(optax.scale_by_adam)(b1=0.9),
         optareg.add_decayed_weights(1e-2, mask=MASK),
         optax.masked(optareg.track(per_leaf=True, name="masked"), MASK),
-        optax.inject_hyperparams(optax.sgd)(learning_rate=0.1),
-        optareg.track(per_leaf=True, name="step"),
+        optax.inject_hyperparams(
+            lambda learning_rate: optax.chain(
+                optax.sgd(learning_rate), optareg.track(per_leaf=True, name="step")
+            )
+        )(learning_rate=0.1),
         optax.masked(optax.chain(optareg.add_decayed_weights(0.0), optareg.track()), MASK),
     )
     return optax.MultiSteps(inner, every_k_schedule=2)

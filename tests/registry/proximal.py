@@ -58,11 +58,11 @@ ENTRIES: list[Entry] = [
         optareg.prox_elastic_net,
         {"l1": _STRENGTH_SCHEDULE, "l2": 0.5, "learning_rate": _LR_SCHEDULE},
     ),
-    # prox_group_lasso
+    # prox_group_lasso (``axis`` passed explicitly: it is static under optax.inject_hyperparams)
     Entry(
         "prox_group_lasso",
         optareg.prox_group_lasso,
-        {"strength": 1.0, "learning_rate": 0.1},
+        {"strength": 1.0, "learning_rate": 0.1, "axis": -1},
         inject=("strength", "learning_rate"),
     ),
     Entry(
@@ -74,7 +74,7 @@ ENTRIES: list[Entry] = [
     Entry(
         "prox_group_lasso-mask",
         optareg.prox_group_lasso,
-        {"strength": 1.0, "learning_rate": 0.1, "mask": _MASK_WITH_VECTORS},
+        {"strength": 1.0, "learning_rate": 0.1, "axis": -1, "mask": _MASK_WITH_VECTORS},
         inject=("strength", "learning_rate"),
     ),
     Entry(
