@@ -88,8 +88,10 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--weight-decay", type=float, default=1e-2)
     parser.add_argument("--patience", type=int, default=5)
-    parser.add_argument("--l1", type=float, default=0.0, help="prox_l1 strength (0: off)")
-    parser.add_argument("--max-sigma", type=float, default=0.0, help="spectral_clip bound (0: off)")
+    parser.add_argument("--l1", type=float, default=0.0, help="prox_l1 strength, e.g. 0.1 (0: off)")
+    parser.add_argument(
+        "--max-sigma", type=float, default=0.0, help="spectral_clip bound, e.g. 3 (0: off)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     t0 = time.perf_counter()

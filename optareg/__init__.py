@@ -14,6 +14,7 @@ Diagnostics (:func:`track`, :func:`metrics`) and :func:`early_stopping` make the
 from optareg import masks, operators
 from optareg.decay import (
     AddDecayedWeightsState,
+    DecoupledWeightDecayState,
     add_decayed_weights,
     decay_schedule,
     decoupled_weight_decay,
@@ -34,6 +35,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AddDecayedWeightsState",
+    "DecoupledWeightDecayState",
     "EarlyStoppingState",
     "add_decayed_weights",
     "decay_schedule",
