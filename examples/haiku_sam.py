@@ -14,7 +14,7 @@ LookSAM (``reuse_every=5``: one extra gradient every 5 steps), and prints test a
 final training loss, the SAM metrics kept in the optimizer state (:func:`optareg.metrics`) and
 the wall time per step relative to SGD.
 
-Run: ``python examples/haiku_sam.py`` (about 10 s on 2 CPU cores).
+Run: ``python examples/haiku_sam.py`` (about 15 s of CPU time on 2 cores).
 """
 
 from __future__ import annotations

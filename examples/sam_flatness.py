@@ -27,7 +27,7 @@ with the defaults (measured on 2 CPU cores: SGD λ_max ≈ 1.16 at train loss 0.
 Saves ``examples/figures/sam_flatness.png``: training-loss curves and the loss along the top
 Hessian eigenvector around each solution.
 
-Run: ``python examples/sam_flatness.py`` (about 20 s on 2 CPU cores).
+Run: ``python examples/sam_flatness.py`` (about 20 s of CPU time on 2 cores).
 """
 
 from __future__ import annotations

@@ -182,7 +182,8 @@ def _path_str(path) -> str:
         if isinstance(k, tu.DictKey):
             parts.append(str(k.key))
         elif isinstance(k, tu.GetAttrKey):
-            parts.append(str(k.name))
+            if k.name not in ("value", "raw_value"):  # Flax NNX Variable payload, not a name
+                parts.append(str(k.name))
         elif isinstance(k, tu.SequenceKey):
             parts.append(str(k.idx))
         elif isinstance(k, tu.FlattenedIndexKey):

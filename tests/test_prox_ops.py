@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import jaxopt
@@ -240,6 +242,7 @@ _mat = hnp.arrays(np.float64, st.tuples(st.integers(1, 4), st.integers(1, 4)), e
 _tau = st.floats(0.0, 5.0, allow_nan=False, width=64)
 
 
+@functools.partial(jax.jit, static_argnums=0)  # one compile per shape, not per primitive
 def _prox(name, x, tau):
     if name == "l1":
         return soft_threshold(x, tau)

@@ -69,7 +69,9 @@ def test_prox_l1_ista_matches_sklearn_lasso(diabetes, alpha):
     assert zeros == pytest.approx(np.mean(ref == 0))
 
 
-@pytest.mark.parametrize(("alpha", "l1_ratio"), [(0.1, 0.99), (0.5, 0.95), (1.0, 0.7)])  # 8, 8, 7 non-zeros
+@pytest.mark.parametrize(
+    ("alpha", "l1_ratio"), [(0.1, 0.99), (0.5, 0.95), (1.0, 0.7)]
+)  # 8, 8, 7 non-zeros
 def test_prox_elastic_net_ista_matches_sklearn(diabetes, alpha, l1_ratio):
     x, y, eta = diabetes
     # sklearn ElasticNet: 1/(2n)‖y − Xw‖² + αρ‖w‖₁ + α(1 − ρ)/2‖w‖² → λ₁ = αρ, λ₂ = α(1 − ρ).
@@ -102,9 +104,9 @@ def _params(dtype):
 TRANSFORMS = {
     "l1": lambda: optareg.prox_l1(3.0, 0.2),
     "enet": lambda: optareg.prox_elastic_net(3.0, 1.0, 0.2),
-    "group": lambda: optareg.prox_group_lasso(3.0, 0.2),
+    "group": lambda: optareg.prox_group_lasso(6.0, 0.2),
     "group_mask": lambda: optareg.prox_group_lasso(
-        3.0, 0.2, mask={"w": True, "b": True, "conv": False}
+        6.0, 0.2, mask={"w": True, "b": True, "conv": False}
     ),
     "nuclear": lambda: optareg.prox_nuclear(30.0, 0.2),
     "adam": lambda: optareg.prox_adam(0.2, 30.0),
@@ -303,7 +305,7 @@ def test_prox_adam_matches_numpy(wd):
         }
         for _ in range(5)
     ]
-    lam, b1, b2, eps = 0.05, 0.8, 0.95, 1e-3
+    lam, b1, b2, eps = 0.5, 0.8, 0.95, 1e-3
     schedule = optax.linear_schedule(0.1, 0.02, 4)
     mask = {"w": True, "b": False}
     ref, m_ref, v_ref = _numpy_prox_adam(
@@ -345,7 +347,7 @@ def test_prox_adam_without_l1_is_adam_and_adamw():
             uo, so = ours.update(g, so, po)
             ur, sr = ref.update(g, sr, pr)
             po, pr = optax.apply_updates(po, uo), optax.apply_updates(pr, ur)
-        np.testing.assert_allclose(po["w"], pr["w"], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(po["w"], pr["w"], rtol=1e-6, atol=1e-6)
 
 
 def test_prox_adam_eps_zero_and_zero_grads_are_finite():
@@ -355,7 +357,7 @@ def test_prox_adam_eps_zero_and_zero_grads_are_finite():
     new = optax.apply_updates(p, u)
     assert np.all(np.isfinite(new))
     # never-seen coordinates (v̂ = 0) are zeroed when λ > 0; the other one takes a step.
-    np.testing.assert_array_equal(new[[0, 2]], 0.0)
+    np.testing.assert_array_equal(np.asarray(new)[[0, 2]], 0.0)
     # Adam step −0.1·sign(g) gives −2.1; threshold 0.1·0.5/|g| = 0.5 → −1.6
     np.testing.assert_allclose(new[1], -2.0 - 0.1 + 0.5, rtol=1e-6)
     tx0 = optareg.prox_adam(0.1, 0.0, eps=0.0)

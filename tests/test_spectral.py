@@ -328,3 +328,19 @@ def test_schedule_max_norm():
     for expected in (2.0, 1.0):
         u, state = tx.update(zeros, state, params)
         assert np_sigma_max(params["w"] + u["w"]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_metrics_keys_with_flax_nnx_optimizer():
+    nnx = pytest.importorskip("flax.nnx")
+    model = nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), nnx.Linear(4, 2, rngs=nnx.Rngs(1)))
+    tx = optax.chain(optax.sgd(0.1), optareg.spectral_clip(0.5, method="exact"))
+    opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    opt.update(model, nnx.state(model, nnx.Param))
+    m = optareg.metrics(opt.opt_state)
+    assert set(m) == {
+        "spectral_clip/sigma/layers/0/kernel",
+        "spectral_clip/sigma/layers/1/kernel",
+        "spectral_clip/sigma_max",
+    }
+    for layer in model.layers:
+        assert np_sigma_max(layer.kernel[...]) <= 0.5 * (1 + 1e-5)
