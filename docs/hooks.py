@@ -1,5 +1,10 @@
 """MkDocs hooks for the optareg site (registered in ``mkdocs.yml`` under ``hooks:``).
 
+``add_example_figures``: every PNG that the example scripts commit under ``examples/figures/`` is
+served as ``figures/<name>.png`` (pages link ``figures/...`` / ``../figures/...``), so the docs
+always show the figures the examples last produced, with no copy to keep in sync. A page that
+links a figure no example has produced fails ``mkdocs build --strict``.
+
 ``include_bench_results``: the Performance page embeds ``bench/RESULTS.md``, which the benchmark
 script writes outside ``docs/``. A plain snippet include would let the report's relative links
 (``ANALYSIS.md``, ``../optareg/...``) break ``mkdocs build --strict``, and the file may not exist
@@ -10,9 +15,12 @@ generate it. Absolute links (``https://...``) and anchors are kept.
 
 from __future__ import annotations
 
+import glob
 import os
 import posixpath
 import re
+
+from mkdocs.structure.files import File
 
 MARKER = "<!-- include: bench/RESULTS.md -->"
 _LINK = re.compile(r"(?<!!)\[([^\]]+)\]\(([^)\s]+)\)")
@@ -45,3 +53,12 @@ def on_page_markdown(markdown, page, config, files):  # noqa: ARG001 - mkdocs ho
         return markdown
     root = os.path.dirname(os.path.abspath(config["config_file_path"]))
     return markdown.replace(MARKER, render_results(root))
+
+
+def on_files(files, config):
+    root = os.path.dirname(os.path.abspath(config["config_file_path"]))
+    for path in sorted(glob.glob(os.path.join(root, "examples", "figures", "*.png"))):
+        uri = f"figures/{os.path.basename(path)}"
+        if files.get_file_from_path(uri) is None:
+            files.append(File.generated(config, uri, abs_src_path=path))
+    return files

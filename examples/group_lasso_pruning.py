@@ -9,8 +9,8 @@ can be deleted together with its row of the output kernel — a structurally sma
 (Grouping ``w2`` by rows, ``axis=0``, would prune outgoing weights instead; either removes the
 unit, incoming groups are the usual choice because they also zero its activations.)
 
-Training: ``optax.chain(optax.sgd(η, momentum=0.9), prox_group_lasso(λ, η, mask=...))``, full
-batch; all λ values are trained at once with ``jax.vmap`` in one jitted call.
+Training: ``optax.chain(optax.sgd(η, momentum=β), prox_group_lasso(λ, η/(1 − β), mask=...))``,
+full batch (with momentum the prox takes the effective step ``η/(1 − β)``); all λ values are trained at once with ``jax.vmap`` in one jitted call.
 
 Run: ``python examples/group_lasso_pruning.py [--hidden 64] [--steps 1500]``
 """
@@ -53,6 +53,7 @@ def forward(params, x):
 
 # The prox acts on the hidden layer only: w1 grouped by output unit, b1 per entry (a 1-D leaf
 # masked in is thresholded entry by entry); the output layer is not penalized.
+MOMENTUM = 0.9
 MASK = {"w1": True, "b1": True, "w2": False, "b2": False}
 
 
@@ -66,8 +67,10 @@ def train_all(x, y, lambdas, hidden: int, steps: int, lr: float, seed: int = 0):
 
     def train_one(lam):
         tx = optax.chain(
-            optax.sgd(lr, momentum=0.9),
-            optareg.prox_group_lasso(lam, lr, axis=-1, mask=MASK),
+            optax.sgd(lr, momentum=MOMENTUM),
+            # Heavy-ball momentum β multiplies the stationary step by 1/(1 − β): the prox gets
+            # the same effective learning rate, so stationary points solve the λ problem.
+            optareg.prox_group_lasso(lam, lr / (1 - MOMENTUM), axis=-1, mask=MASK),
         )
 
         def step(carry, _):
@@ -89,7 +92,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     x_tr, x_va, y_tr, y_va = load_data()
-    lambdas = np.array([0.0, 1e-3, 3e-3, 1e-2, 2e-2, 4e-2])
+    lambdas = np.array([0.0, 1e-4, 3e-4, 1e-3, 2e-3, 4e-3])
     t0 = time.perf_counter()
     params, zeros = jax.block_until_ready(
         train_all(x_tr, y_tr, lambdas, args.hidden, args.steps, args.lr)

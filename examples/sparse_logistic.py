@@ -11,6 +11,12 @@ same grid. liblinear minimizes ``‖w‖₁ + C·Σ_i loss_i`` = ``n·C·(mean l
 ``C = 1/(n·λ)``. liblinear also penalizes its intercept (it is a feature of value
 ``intercept_scaling``); we use a large ``intercept_scaling`` to make that penalty negligible.
 
+Plain ISTA (step 1/L) converges slowly for the smallest λ (correlated features): the printed
+objective gap shows how far each run is from liblinear's optimum (≤ 1e-5 for λ ≥ 0.02, a few
+1e-3 at λ = 3e-4 with the default 10000 steps). Do not add heavy-ball momentum to the SGD step
+to speed it up: the prox threshold then no longer matches the step, and the fixed point is the
+solution for ``λ·(1 − β)`` instead of ``λ``.
+
 Run: ``python examples/sparse_logistic.py [--steps 10000] [--num-lambdas 16]``
 """
 

@@ -99,7 +99,8 @@ def check_scalar(
     """Validate a strength, learning rate or other real hyperparameter at construction.
 
     Constants (Python numbers, NumPy or concrete JAX scalars) are checked now. A schedule is
-    checked by evaluating it at step 0, when that gives a concrete number; values at later steps
+    checked by evaluating it at step 0, when that gives a concrete number (a value equal to an
+    exclusive lower bound is allowed there, for warmups that start at 0); values at later steps
     are the schedule's responsibility. Traced values (``optax.inject_hyperparams`` under ``jit``)
     cannot be checked and are accepted.
 
@@ -116,7 +117,8 @@ def check_scalar(
         except Exception as e:  # noqa: BLE001 - any failure here is the user's schedule
             raise ValueError(f"`{name}` is a schedule that fails at step 0: {e}") from e
         if is_concrete(v0):
-            _check_number(name, v0, low, high, low_inclusive, high_inclusive, " (schedule at 0)")
+            # A schedule may start at the bound (a warmup from 0); it may not start beyond it.
+            _check_number(name, v0, low, high, True, high_inclusive, " (schedule at step 0)")
         return
     if isinstance(value, (bool, str, bytes)) or value is None:
         raise TypeError(

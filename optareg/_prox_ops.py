@@ -222,7 +222,8 @@ def singular_value_threshold(x: jax.Array, tau) -> jax.Array:
 
     .. math::
 
-        \operatorname{prox}_{\tau\|\cdot\|_*}(X) = U\,\operatorname{diag}(\max(\sigma-\tau,0))\,V^\top
+        \operatorname{prox}_{\tau\|\cdot\|_*}(X)
+        = U\,\operatorname{diag}(\max(\sigma-\tau,0))\,V^\top
         \quad\text{for } X = U\operatorname{diag}(\sigma)V^\top
 
     Acts on the last two axes; leading axes are batched (each trailing matrix is thresholded on

@@ -52,11 +52,15 @@ def _msign_wide(x: jax.Array, steps: int) -> jax.Array:
     """Polar Express on a matrix with rows <= columns (the Gram ``X Xᵀ`` is the small one)."""
     norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True))
     x = x / (norm * _SAFETY + 1e-7)
-    for t in range(steps):
-        a, b, c = _PE_SAFE[min(t, len(_PE_SAFE) - 1)]
+    table = [_PE_SAFE[min(t, len(_PE_SAFE) - 1)] for t in range(steps)]
+    coeffs = jnp.asarray(table, x.dtype)  # (steps, 3)
+
+    def body(x, abc):  # one scanned step: compiled once, whatever `steps` is
         gram = x @ _mT(x)
-        poly = b * gram + c * (gram @ gram)
-        x = a * x + poly @ x
+        poly = abc[1] * gram + abc[2] * (gram @ gram)
+        return abc[0] * x + poly @ x, None
+
+    x, _ = jax.lax.scan(body, x, coeffs)
     return x
 
 

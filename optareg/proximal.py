@@ -5,8 +5,11 @@ Each transform goes **last** in an ``optax.chain`` and returns ``prox(θ + u) �
 is ``τ_t = η_t·λ_t`` where ``learning_rate`` must be the *same* value or schedule the optimizer
 uses; both are evaluated on the transform's own step counter (which advances once per update,
 like the optimizer's). This is proximal gradient descent (ISTA) when the base optimizer is SGD.
-Every state records ``"<name>/zeros_fraction"``, the fraction of exact zeros among the entries the
-prox acted on after the last step (read it with :func:`optareg.metrics`).
+With heavy-ball momentum ``β`` in the base optimizer the stationary step is ``η/(1 − β)`` times
+the gradient: pass ``learning_rate=η/(1 − β)`` to the prox, otherwise the fixed points solve the
+problem with strength ``λ·(1 − β)``. Every state records ``"<name>/zeros_fraction"``, the
+fraction of exact zeros among the entries the prox acted on after the last step (read it with
+:func:`optareg.metrics`).
 """
 
 from __future__ import annotations

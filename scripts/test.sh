@@ -8,8 +8,8 @@ PY="${PYTHON:-python3}"
 .venv/bin/python -m pip install -q --upgrade pip
 # torch is a test oracle only (AdamW parity); this pin resolves to the CPU wheel.
 .venv/bin/python -m pip install -q -e ".[test]" "torch==2.13.0"
-.venv/bin/python -m ruff format --check optareg tests examples bench
-.venv/bin/python -m ruff check optareg tests examples bench
+.venv/bin/python -m ruff format --check optareg tests examples bench docs
+.venv/bin/python -m ruff check optareg tests examples bench docs
 .venv/bin/python -m pytest -q -n 2 -m "not multidevice" "$@"
 if ls tests/test_multidevice*.py >/dev/null 2>&1; then
   XLA_FLAGS="--xla_force_host_platform_device_count=8" \

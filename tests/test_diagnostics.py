@@ -207,6 +207,8 @@ def test_no_extra_gradient_evaluation():
         compiled = jax.jit(step).lower(params, tx.init(params)).compile()
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        if not cost or "flops" not in cost:
+            pytest.skip("this backend reports no cost analysis")
         return cost["flops"]
 
     base = flops(optax.sgd(0.1))
