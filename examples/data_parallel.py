@@ -130,13 +130,13 @@ def table(rows, header):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=300, help="training steps")
+    parser.add_argument("--steps", type=int, default=200, help="training steps")
     parser.add_argument("--batch", type=int, default=128, help="global batch size")
     parser.add_argument("--hidden", type=int, default=64, help="hidden units")
     parser.add_argument("--lr", type=float, default=0.05, help="SGD learning rate")
     parser.add_argument("--rho", type=float, default=0.05, help="SAM radius")
     parser.add_argument("--l1", type=float, default=1e-3, help="prox_l1 strength")
-    parser.add_argument("--max-norm", type=float, default=4.0, help="spectral_clip bound")
+    parser.add_argument("--max-norm", type=float, default=3.0, help="spectral_clip bound")
     parser.add_argument("--log-every", type=int, default=50, help="steps between table rows")
     parser.add_argument("--no-plot", action="store_true", help="do not save the PNG")
     args = parser.parse_args(argv)

@@ -6,6 +6,8 @@ Both operators act on the last two axes of an array and batch over the leading o
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -50,6 +52,8 @@ def _mT(x: jax.Array) -> jax.Array:
 
 def _msign_wide(x: jax.Array, steps: int) -> jax.Array:
     """Polar Express on a matrix with rows <= columns (the Gram ``X Xᵀ`` is the small one)."""
+    a = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True)
+    x = x / jnp.where((a > 0) & jnp.isfinite(a), a, 1.0)  # max-abs first: ‖x‖_F cannot overflow
     norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True))
     x = x / (norm * _SAFETY + 1e-7)
     table = [_PE_SAFE[min(t, len(_PE_SAFE) - 1)] for t in range(steps)]
@@ -109,23 +113,28 @@ def msign(x: jax.Array, steps: int = 8) -> jax.Array:
     return out.astype(x.dtype)
 
 
+@jax.jit
 def _clip_exact_eigh(x: jax.Array, c) -> tuple[jax.Array, jax.Array]:
     """Exact projection via ``eigh`` of the Gram matrix on the short side.
 
     Returns the clipped matrix and σ_max. ``W' = W − W V diag(max(0, 1 − c/σ)) Vᵀ``: directions
     with ``σ <= c`` get an exact zero correction, so a matrix inside the ball is returned as is.
     """
+    # Work on x/a with a = max|x| so that the Gram matrix cannot overflow; rescale at the end.
+    a = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True)
+    a = jnp.where((a > 0) & jnp.isfinite(a), a, 1.0)
+    c = c / a[..., 0]  # (..., 1): broadcasts over the singular values
     wide = x.shape[-2] < x.shape[-1]
-    w = _mT(x) if wide else x  # tall: (m, n) with n <= m
+    w = (_mT(x) if wide else x) / a  # tall: (m, n) with n <= m
     gram = _mT(w) @ w
     lam, vecs = jnp.linalg.eigh(gram)
     sig = jnp.sqrt(jnp.maximum(lam, 0.0))
     safe = jnp.where(sig > c, sig, 1.0)
     shrink = jnp.where(sig > c, 1.0 - c / safe, 0.0)  # (..., n)
     wv = w @ vecs
-    y = w - (wv * shrink[..., None, :]) @ _mT(vecs)
-    y = _mT(y) if wide else y
-    return y, jnp.max(sig, axis=-1)
+    corr = (wv * shrink[..., None, :]) @ _mT(vecs)  # exactly 0 when nothing is clipped
+    corr = _mT(corr) if wide else corr
+    return x - corr * a, jnp.max(sig, axis=-1) * a[..., 0, 0]
 
 
 def _clip_exact_svd(x: jax.Array, c) -> tuple[jax.Array, jax.Array]:
@@ -136,6 +145,7 @@ def _clip_exact_svd(x: jax.Array, c) -> tuple[jax.Array, jax.Array]:
     return y, jnp.max(s, axis=-1)
 
 
+@functools.partial(jax.jit, static_argnums=2)
 def _clip_newton_schulz(x: jax.Array, c, steps: int) -> jax.Array:
     """``c·clip_1(x/c)``, ``clip_1(M) = ½[M + Q + (Q − M) S]``, Q = msign(M), S = msign(MᵀM − I)."""
     m = x / c

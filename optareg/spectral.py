@@ -40,6 +40,7 @@ took 24 / 74 / 1555 ms on the same matrices.) No GPU timing was taken.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -235,20 +236,32 @@ def _plans(matrix_axes: Any, params: Any, treedef) -> list[_Plan | None]:
 # --------------------------------------------------------------------------------------------
 
 
+def _scaled_norm(w: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(w/s, ‖w‖₂)`` along the last axis with ``s = max|w|``, so squares never overflow."""
+    s = jnp.max(jnp.abs(w), axis=-1, keepdims=True)
+    s = jnp.where(s > 0, s, 1.0)
+    ws = w / s
+    return ws, s * jnp.sqrt(jnp.sum(jnp.square(ws), axis=-1, keepdims=True))
+
+
 def _normalize(w: jax.Array, fallback: jax.Array) -> jax.Array:
-    """``w/‖w‖`` along the last axis; where ``‖w‖`` is (numerically) zero, keep ``fallback``."""
-    nrm = jnp.sqrt(jnp.sum(jnp.square(w), axis=-1, keepdims=True))
-    ok = nrm > 1e-30
-    return jnp.where(ok, w / jnp.where(ok, nrm, 1.0), fallback)
+    """``w/‖w‖`` along the last axis (scaled by ``max|w|`` first, so squares never overflow);
+    where ``w`` is zero or not finite, keep ``fallback``."""
+    s = jnp.max(jnp.abs(w), axis=-1, keepdims=True)
+    ok = (s > 0) & jnp.isfinite(s)
+    ws = w / jnp.where(ok, s, 1.0)
+    nrm = jnp.sqrt(jnp.sum(jnp.square(ws), axis=-1, keepdims=True))  # in [1, √n] where ok
+    return jnp.where(ok, ws / jnp.where(ok, nrm, 1.0), fallback)
 
 
+@functools.partial(jax.jit, static_argnums=3)
 def _power(w: jax.Array, u: jax.Array, v: jax.Array, iters: int):
     """``iters`` power iterations on ``w`` (B, m, n) from ``v``; returns ``u, v, σ̂ = ‖Wᵀu‖``."""
     sigma = jnp.einsum("bm,bmn,bn->b", u, w, v)
     for _ in range(iters):
         u = _normalize(jnp.einsum("bmn,bn->bm", w, v), u)
         wtu = jnp.einsum("bmn,bm->bn", w, u)
-        sigma = jnp.sqrt(jnp.sum(jnp.square(wtu), axis=-1))
+        sigma = _scaled_norm(wtu)[1][..., 0]
         v = _normalize(wtu, v)
     return u, v, sigma
 

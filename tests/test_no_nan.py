@@ -35,11 +35,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import test_conformance as tc
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from registry import ENTRIES, Entry
-
-import test_conformance as tc
 
 DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 IDS = [e.id for e in ENTRIES]
@@ -254,6 +253,7 @@ NONFINITE = {
 _SWALLOWS_NAN = {
     "prox_group_lasso": "group_soft_threshold maps a group containing NaN to exact zeros "
     "(`positive = sq > 0` is False for NaN)",
+    "prox_group_lasso-mask": None,  # this variant's mask leaves the conv kernel out
     "prox_adam": "a NaN gradient gives den = NaN, `pos = den > 0` is False, the threshold is inf "
     "and the weight is zeroed: the NaN disappears (and mu/nu stay NaN)",
 }
@@ -314,36 +314,42 @@ def test_nonfinite_gradient_behaviour_is_as_documented(entry, bad):
     assert finite2 != sticky, f"{entry.id}: sticky={sticky} but next step finite={finite2}"
 
 
-@pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
+def _one_per_factory():
+    seen, out = set(), []
+    for e in ENTRIES:
+        key = (e.factory, e.kwargs.get("method"), e.kwargs.get("reuse_every", 1) > 1)
+        if key not in seen:
+            seen.add(key)
+            out.append(pytest.param(e, id=e.id))
+    return out
+
+
+@pytest.mark.parametrize("entry", _one_per_factory())
 def test_apply_if_finite_skips_the_bad_step_and_keeps_state(entry):
     """``optax.apply_if_finite(chain)`` drops a NaN step: zero update, inner state untouched, and
-    the run continues exactly as if the step had never happened."""
+    the run then continues bit for bit as a run that never saw the bad step."""
     extra = tc.extra_args(entry)
     params = tc.make_params()
-    g_ok = [tc.grads_for(params, seed=40 + i) for i in range(2)]
-    g_bad = jax.tree.map(lambda g: g.at[(0,) * g.ndim].set(jnp.nan), g_ok[0])
+    g0, g1 = (tc.grads_for(params, seed=40 + i) for i in range(2))
+    g_bad = jax.tree.map(lambda g: g.at[(0,) * g.ndim].set(jnp.nan), g0)
+    tx = optax.apply_if_finite(tc.chained(entry, entry.make()), max_consecutive_errors=3)
+    step = jax.jit(lambda g, s, p: tx.update(g, s, p, **extra))
 
-    wrapped = optax.apply_if_finite(tc.chained(entry, entry.make()), max_consecutive_errors=3)
-    plain = tc.chained(entry, entry.make())
+    def run(grads):
+        state, p = tx.init(params), params
+        for g in grads:
+            u, state = step(g, state, p)
+            p = optax.apply_updates(p, u)
+        return p, state
 
-    s_w, s_p = wrapped.init(params), plain.init(params)
-    p_w = p_p = params
-    u, s_w = wrapped.update(g_ok[0], s_w, p_w, **extra)
-    p_w = optax.apply_updates(p_w, u)
-    u, s_p = plain.update(g_ok[0], s_p, p_p, **extra)
-    p_p = optax.apply_updates(p_p, u)
-
-    inner_before = s_w.inner_state
-    u, s_w = wrapped.update(g_bad, s_w, p_w, **extra)
+    p_skip, s_skip = run([g0, g1])
+    p_bad, s_bad = run([g0])
+    u, s_after = step(g_bad, s_bad, p_bad)
     for x in jax.tree.leaves(u):
         np.testing.assert_array_equal(np.asarray(x, np.float32), 0.0)
-    tc.assert_identical(s_w.inner_state, inner_before)
-    assert int(s_w.notfinite_count) == 1 and not bool(s_w.last_finite)
-
-    u, s_w = wrapped.update(g_ok[1], s_w, p_w, **extra)
-    p_w = optax.apply_updates(p_w, u)
-    u, s_p = plain.update(g_ok[1], s_p, p_p, **extra)
-    p_p = optax.apply_updates(p_p, u)
-    tc.assert_identical(p_w, p_p)
-    tc.assert_identical(s_w.inner_state, s_p)
-    assert int(s_w.notfinite_count) == 0 and int(s_w.total_notfinite) == 1
+    tc.assert_identical(s_after.inner_state, s_bad.inner_state)
+    assert int(s_after.notfinite_count) == 1 and not bool(s_after.last_finite)
+    u, s_final = step(g1, s_after, p_bad)
+    tc.assert_identical(optax.apply_updates(p_bad, u), p_skip)
+    tc.assert_identical(s_final.inner_state, s_skip.inner_state)
+    assert int(s_final.notfinite_count) == 0 and int(s_final.total_notfinite) == 1
