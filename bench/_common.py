@@ -55,6 +55,10 @@ class Context:
     dump_hlo: str | None = None
     log: Callable[[str], None] = print
     cache: dict = dataclasses.field(default_factory=dict)  # objects shared between suites
+    exclude: tuple[str, ...] = ()  # suite-1 rows whose name contains one of these are skipped
+
+    def excluded(self, name: str) -> bool:
+        return any(e and e in name for e in self.exclude)
 
     @property
     def platform(self) -> str:

@@ -98,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="write the optimized HLO of every suite-1 step to DIR",
     )
+    p.add_argument(
+        "--exclude",
+        default="",
+        help='comma list of substrings: suite-1 rows whose name contains one are skipped (e.g. "exact,newton_schulz")',
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
 

@@ -44,7 +44,13 @@ def baseline() -> optax.GradientTransformation:
 
 # (row name, placement, factory of the *optareg* transform, target ratio or None)
 TRANSFORMS: list[tuple[str, str, Callable[[], Any], float | None]] = [
-    ("add_decayed_weights(1e-4)", "first", lambda: optareg.add_decayed_weights(1e-4), 1.05),
+    (
+        "add_decayed_weights(0.1) inside adamw",
+        "inside",
+        lambda: optareg.add_decayed_weights(0.1),
+        1.05,
+    ),
+    ("add_decayed_weights(1e-4)", "first", lambda: optareg.add_decayed_weights(1e-4), None),
     ("decoupled_weight_decay(1e-4)", "last", lambda: optareg.decoupled_weight_decay(1e-4), 1.05),
     ("prox_l1(1e-4, lr)", "last", lambda: optareg.prox_l1(1e-4, LR), 1.10),
     ("prox_group_lasso(1e-4, lr)", "last", lambda: optareg.prox_group_lasso(1e-4, LR), None),
@@ -71,6 +77,9 @@ TRANSFORMS: list[tuple[str, str, Callable[[], Any], float | None]] = [
 
 
 def chained(placement: str, t: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``first``: before adamw; ``last``: after it; ``inside``: in place of adamw's own decay."""
+    if placement == "inside":  # adamw rebuilt with optareg's decay instead of optax's
+        return optax.chain(optax.scale_by_adam(), t, optax.scale_by_learning_rate(LR))
     return optax.chain(t, baseline()) if placement == "first" else optax.chain(baseline(), t)
 
 
@@ -141,6 +150,9 @@ def run(ctx: Context) -> list[Section]:
             build = lambda f=factory, p=placement: make_runner(chained(p, f()), shapes, grads)  # noqa: E731
         runner, err = try_build(build, ctx.log)
         tgt = f"≤ {target:.2f}" if target else "—"
+        if ctx.excluded(name):
+            rows.append([name, placement, "skipped (--exclude)", "—", tgt, "—", "—"])
+            continue
         if err is not None:
             rows.append([name, placement, err, err, tgt, "—", "—"])
             continue
@@ -183,8 +195,11 @@ def run(ctx: Context) -> list[Section]:
     notes = [
         f"Parameter tree: GPT-2-shaped, size `{ctx.size}`, {n / 1e6:.2f}M float32 parameters; "
         f"{ctx.reps} timed steps per row after {ctx.warmup} warm-up steps, A/B interleaved.",
-        "Placement: `first` = `optax.chain(T, adamw)` (gradient-side), `last` = "
-        "`optax.chain(adamw, T)` (post-step / diagnostics).",
+        "Placement: `first` = `optax.chain(T, adamw)` (gradient-side: an L2 penalty fed "
+        "through Adam), `last` = `optax.chain(adamw, T)` (post-step / diagnostics), `inside` = "
+        "adamw rebuilt as `optax.chain(optax.scale_by_adam(), T, optax.scale_by_learning_rate(1e-3))` "
+        "with `T = optareg.add_decayed_weights(0.1)` in place of optax's decay (same update as the "
+        "baseline: the drop-in comparison).",
         "Baseline time: all baseline repetitions pooled (it is re-timed beside every row).",
     ]
     if misses:

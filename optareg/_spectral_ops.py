@@ -46,6 +46,13 @@ def _check_matrix(x: jax.Array, name: str) -> None:
         )
 
 
+def div_by_scale(x: jax.Array, a: jax.Array) -> jax.Array:
+    """``x / a`` as two divisions by ``√a``: XLA may compute ``x/a`` as ``x·(1/a)``, and for
+    ``a`` near the float maximum ``1/a`` is subnormal and flushed to zero."""
+    r = jnp.sqrt(a)
+    return (x / r) / r
+
+
 def _mT(x: jax.Array) -> jax.Array:
     return jnp.swapaxes(x, -1, -2)
 
@@ -53,7 +60,7 @@ def _mT(x: jax.Array) -> jax.Array:
 def _msign_wide(x: jax.Array, steps: int) -> jax.Array:
     """Polar Express on a matrix with rows <= columns (the Gram ``X Xᵀ`` is the small one)."""
     a = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True)
-    x = x / jnp.where((a > 0) & jnp.isfinite(a), a, 1.0)  # max-abs first: ‖x‖_F cannot overflow
+    x = div_by_scale(x, jnp.where((a > 0) & jnp.isfinite(a), a, 1.0))  # ‖x‖_F can't overflow
     norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True))
     x = x / (norm * _SAFETY + 1e-7)
     table = [_PE_SAFE[min(t, len(_PE_SAFE) - 1)] for t in range(steps)]
@@ -123,9 +130,9 @@ def _clip_exact_eigh(x: jax.Array, c) -> tuple[jax.Array, jax.Array]:
     # Work on x/a with a = max|x| so that the Gram matrix cannot overflow; rescale at the end.
     a = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True)
     a = jnp.where((a > 0) & jnp.isfinite(a), a, 1.0)
-    c = c / a[..., 0]  # (..., 1): broadcasts over the singular values
+    c = div_by_scale(c, a[..., 0])  # (..., 1): broadcasts over the singular values
     wide = x.shape[-2] < x.shape[-1]
-    w = (_mT(x) if wide else x) / a  # tall: (m, n) with n <= m
+    w = div_by_scale(_mT(x) if wide else x, a)  # tall: (m, n) with n <= m
     gram = _mT(w) @ w
     lam, vecs = jnp.linalg.eigh(gram)
     sig = jnp.sqrt(jnp.maximum(lam, 0.0))

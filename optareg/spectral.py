@@ -50,7 +50,7 @@ import optax
 from optax.contrib import MuonDimensionNumbers
 
 from optareg import _base
-from optareg._spectral_ops import _clip_exact_eigh, _clip_newton_schulz
+from optareg._spectral_ops import _clip_exact_eigh, _clip_newton_schulz, div_by_scale
 
 __all__ = ["SpectralClipState", "spectral_clip", "spectral_norms"]
 
@@ -236,12 +236,12 @@ def _plans(matrix_axes: Any, params: Any, treedef) -> list[_Plan | None]:
 # --------------------------------------------------------------------------------------------
 
 
-def _scaled_norm(w: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(w/s, ‖w‖₂)`` along the last axis with ``s = max|w|``, so squares never overflow."""
-    s = jnp.max(jnp.abs(w), axis=-1, keepdims=True)
-    s = jnp.where(s > 0, s, 1.0)
-    ws = w / s
-    return ws, s * jnp.sqrt(jnp.sum(jnp.square(ws), axis=-1, keepdims=True))
+def _scaled_norm(w: jax.Array) -> jax.Array:
+    """``‖w‖₂`` along the last axis, scaled by ``max|w|`` first so the squares never overflow."""
+    s = jnp.max(jnp.abs(w), axis=-1)
+    safe = jnp.where((s > 0) & jnp.isfinite(s), s, 1.0)
+    ws = div_by_scale(w, safe[..., None])
+    return jnp.where(jnp.isfinite(s), safe * jnp.sqrt(jnp.sum(jnp.square(ws), axis=-1)), s)
 
 
 def _normalize(w: jax.Array, fallback: jax.Array) -> jax.Array:
@@ -249,7 +249,7 @@ def _normalize(w: jax.Array, fallback: jax.Array) -> jax.Array:
     where ``w`` is zero or not finite, keep ``fallback``."""
     s = jnp.max(jnp.abs(w), axis=-1, keepdims=True)
     ok = (s > 0) & jnp.isfinite(s)
-    ws = w / jnp.where(ok, s, 1.0)
+    ws = div_by_scale(w, jnp.where(ok, s, 1.0))
     nrm = jnp.sqrt(jnp.sum(jnp.square(ws), axis=-1, keepdims=True))  # in [1, √n] where ok
     return jnp.where(ok, ws / jnp.where(ok, nrm, 1.0), fallback)
 
@@ -261,9 +261,10 @@ def _power(w: jax.Array, u: jax.Array, v: jax.Array, iters: int):
     for _ in range(iters):
         u = _normalize(jnp.einsum("bmn,bn->bm", w, v), u)
         wtu = jnp.einsum("bmn,bm->bn", w, u)
-        sigma = _scaled_norm(wtu)[1][..., 0]
+        sigma = _scaled_norm(wtu)
         v = _normalize(wtu, v)
-    return u, v, sigma
+    # σ̂ beyond the float range (an overflowing step) is reported as the largest finite value.
+    return u, v, jnp.minimum(sigma, jnp.finfo(w.dtype).max)
 
 
 def _start_vectors(plan: _Plan, dtype) -> tuple[jax.Array, jax.Array]:

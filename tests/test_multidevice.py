@@ -198,17 +198,25 @@ def assert_same_sharding(tree, shardings, what, only=None):
         )
 
 
-def assert_close_rel(actual, expected, what, rtol=RTOL):
-    """Leaf by leaf: |a − e| ≤ rtol·max(|e|_∞, 1e-30) for float leaves, equal for the rest."""
+def assert_close_rel(actual, expected, what, rtol=RTOL, like=None):
+    """Leaf by leaf: |a − e| ≤ rtol·s for float leaves (equal for the rest), where s is the
+    largest |e| of the leaf, or of ``like`` (a tree of the same structure) if that is larger.
+
+    ``like=params`` for updates: a post-step update ``P(θ + u) − θ`` is a difference that carries
+    the rounding of θ, so it is compared at θ's scale (i.e. the new params agree to 1e-6).
+    """
     a_leaves, treedef = jax.tree.flatten(actual)
     e_leaves = treedef.flatten_up_to(expected)
-    for i, (a, e) in enumerate(zip(a_leaves, e_leaves, strict=True)):
+    l_leaves = treedef.flatten_up_to(like) if like is not None else [None] * len(e_leaves)
+    for i, (a, e, ref) in enumerate(zip(a_leaves, e_leaves, l_leaves, strict=True)):
         a, e = np.asarray(a), np.asarray(e)
         assert a.shape == e.shape and a.dtype == e.dtype, (what, i, a.shape, e.shape)
         if not np.issubdtype(e.dtype, np.floating):
             np.testing.assert_array_equal(a, e, err_msg=f"{what}: leaf {i}")
             continue
         scale = max(float(np.max(np.abs(e), initial=0.0)), 1e-30)
+        if ref is not None:
+            scale = max(scale, float(np.max(np.abs(np.asarray(ref)), initial=0.0)))
         np.testing.assert_allclose(a, e, rtol=rtol, atol=rtol * scale, err_msg=f"{what}: leaf {i}")
 
 
@@ -264,7 +272,7 @@ def test_every_public_transform_is_registered():
 
 def _is_params_tree(x) -> bool:
     try:
-        return jax.tree.structure(x) == jax.tree.structure(SHAPES) and all(
+        return jax.tree.structure(x) == jax.tree.structure(make_tree(0)) and all(
             hasattr(leaf, "shape") for leaf in jax.tree.leaves(x)
         )
     except Exception:  # noqa: BLE001 - anything that is not a params tree
@@ -320,18 +328,22 @@ def test_sharded_step_matches_single_device(entry, layout):
         )
     reference = _REFERENCE[entry.id]
 
+    # Decompositions (eigh/SVD/Newton-Schulz) and global norms amplify the different summation
+    # order of a sharded reduction: their entries register a larger tolerance (``entry.atol``).
+    tol = max(RTOL, entry.atol)
     _, state0, _ = sharded[0]
     assert_same_sharding(state0, s_shard, "state from jit(tx.init, out_shardings=...)")
-    assert_close_rel(state0, reference[0][1], "init state")
-    for i, ((u, s, p), (u_ref, s_ref, _)) in enumerate(
+    assert_close_rel(state0, reference[0][1], "init state", rtol=tol)
+    for i, ((u, s, p), (u_ref, s_ref, p_ref)) in enumerate(
         zip(sharded[1:], reference[1:], strict=True)
     ):
         chex.assert_tree_all_finite(u)
         assert_same_sharding(u, p_shard, f"updates at step {i}")
         assert_same_sharding(p, p_shard, f"params at step {i}")
         assert_same_sharding(s, s_shard, f"params-shaped state at step {i}", only=binding)
-        assert_close_rel(u, u_ref, f"updates at step {i}")
-        assert_close_rel(s, s_ref, f"state at step {i}")
+        assert_close_rel(p, p_ref, f"params after step {i}", rtol=tol)
+        assert_close_rel(u, u_ref, f"updates at step {i}", rtol=tol, like=reference[i][2])
+        assert_close_rel(s, s_ref, f"state at step {i}", rtol=tol)
     # the other state leaves: whatever the compiler chose after the first step is kept after
     for i in range(2, STEPS + 1):
         s_prev = jax.tree.map(lambda x: x.sharding, sharded[i - 1][1])

@@ -21,7 +21,7 @@ table ``NONFINITE`` below documents, per transform, how far they spread and whet
 in the state; ``optax.apply_if_finite`` skips such steps without touching the inner state.
 
 Run ``HYPOTHESIS_PROFILE=thorough pytest tests/test_no_nan.py`` for 500-example runs; the "ci"
-profile uses ``max_examples // 6`` examples per (transform, range) plus the explicit corner
+profile uses ``max_examples // 10`` examples per (transform, range) plus the explicit corner
 example.
 """
 
@@ -52,7 +52,7 @@ SHAPES = {
     ("scale",): [()],
 }
 
-_N_EXAMPLES = max(3, settings().max_examples // 6)
+_N_EXAMPLES = max(2, settings().max_examples // 10)
 _SATURATING = re.compile(r"\.nu\b|grad_norm|param_norm|update_norm|perturbed_grad_norm|\.sigma\b")
 
 
@@ -155,9 +155,9 @@ _FULL_RANGE_BUGS = {
     "matrix by its max-abs before the SVD",
     "sam_perturb": "global norms computed as sqrt(Σg²) overflow for large entries: `cos` is "
     "inf·0 = NaN (and ASAM/GSAM updates, LookSAM g_v NaN); use a max-abs-scaled norm",
-    "spectral_clip-exact": "Gram matrix WᵀW overflows (eigh of inf → NaN): scale by max-abs first",
-    "spectral_clip-newton_schulz": "Frobenius norm overflows in msign (NaN): scale by max-abs",
-    "spectral_clip-stacked": "Gram matrix overflows (NaN): scale by max-abs first",
+    "spectral_clip": "norms and Gram matrices square unscaled entries: the power iteration's "
+    "‖Wv‖ overflows (inf/inf = NaN vectors), WᵀW overflows (eigh → NaN), msign's Frobenius "
+    "norm overflows (NaN); scale each matrix by its max-abs first",
     "track": "update_ratio = inf/inf = NaN when both norms saturate: take the ratio of the "
     "rescaled norms",
 }
