@@ -19,24 +19,30 @@ from optareg.decay import (
     decay_schedule,
     decoupled_weight_decay,
 )
-from optareg.diagnostics import metrics, track
-from optareg.early_stopping import EarlyStoppingState, early_stopping
+from optareg.diagnostics import TrackState, metrics, track
+from optareg.early_stopping import EarlyStopping, EarlyStoppingState, early_stopping
 from optareg.proximal import (
+    ProxAdamState,
     prox_adam,
     prox_elastic_net,
     prox_group_lasso,
     prox_l1,
     prox_nuclear,
 )
-from optareg.sam import sam_perturb
-from optareg.spectral import spectral_clip, spectral_norms
+from optareg.sam import SamPerturbState, sam_perturb
+from optareg.spectral import SpectralClipState, spectral_clip, spectral_norms
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AddDecayedWeightsState",
     "DecoupledWeightDecayState",
+    "EarlyStopping",
     "EarlyStoppingState",
+    "ProxAdamState",
+    "SamPerturbState",
+    "SpectralClipState",
+    "TrackState",
     "add_decayed_weights",
     "decay_schedule",
     "decoupled_weight_decay",
