@@ -200,7 +200,12 @@ def main(argv: list[str] | None = None) -> int:
             print(msg, file=sys.stderr, flush=True)
 
     ctx = Context(
-        size=args.size, reps=args.reps, warmup=args.warmup, dump_hlo=args.dump_hlo, log=log
+        size=args.size,
+        reps=args.reps,
+        warmup=args.warmup,
+        dump_hlo=args.dump_hlo,
+        log=log,
+        exclude=tuple(e.strip() for e in args.exclude.split(",") if e.strip()),
     )
     t0 = time.perf_counter()
     sections = []

@@ -104,17 +104,23 @@ def _assemble(flat: dict) -> dict:
     return out
 
 
-def corner(dtype, full: bool):
-    """Every entry at ±the range's largest value (signs alternating), params and gradients."""
+def corners(dtype, full: bool):
+    """Two corner cases at the range's largest value m (every fifth / third entry negative):
+    params and gradients with the same signs (``θ + u = 2m``: every norm, Gram matrix and
+    singular value as large as the range allows), and gradients of opposite sign (``θ + u = 0``
+    with huge intermediate products)."""
     m = largest(dtype, full)
-    flat = {}
-    for k, shapes in SHAPES.items():
-        shape = shapes[0]
-        n = int(np.prod(shape, dtype=np.int64))
-        signs = np.where(np.arange(n) % 3 == 0, -1.0, 1.0).reshape(shape)
-        flat[k] = jnp.asarray(m * signs, dtype)
-    t = _assemble(flat)
-    return dtype, t, jax.tree.map(lambda x: -x, t), t
+    out = []
+    for period, flip in ((5, 1.0), (3, -1.0)):
+        flat = {}
+        for k, shapes in SHAPES.items():
+            shape = shapes[0]
+            n = int(np.prod(shape, dtype=np.int64))
+            signs = np.where(np.arange(n) % period == period - 1, -1.0, 1.0).reshape(shape)
+            flat[k] = jnp.asarray(m * signs, dtype)
+        t = _assemble(flat)
+        out.append((dtype, t, jax.tree.map(lambda x, f=flip: x * f, t), t))
+    return out
 
 
 def make(entry: Entry, reference):
@@ -184,7 +190,7 @@ def _params(full: bool):
 @given(case=trees(full=False))
 @example(case="corner")
 def test_moderate_range_updates_and_state_finite(entry, case):
-    cases = [corner(dt, False) for dt in DTYPES] if case == "corner" else [case]
+    cases = [c for dt in DTYPES for c in corners(dt, False)] if case == "corner" else [case]
     for c in cases:
         check_one_step(entry, c, full=False)
 
@@ -194,7 +200,7 @@ def test_moderate_range_updates_and_state_finite(entry, case):
 @given(case=trees(full=True))
 @example(case="corner")
 def test_full_range_updates_finite_and_state_never_nan(entry, case):
-    cases = [corner(dt, True) for dt in DTYPES] if case == "corner" else [case]
+    cases = [c for dt in DTYPES for c in corners(dt, True)] if case == "corner" else [case]
     for c in cases:
         check_one_step(entry, c, full=True)
 
@@ -234,7 +240,10 @@ NONFINITE = {
     "decoupled_weight_decay": ("entry", False),
     "prox_l1": ("entry", False),
     "prox_elastic_net": ("entry", False),
-    "prox_group_lasso": ("entry", False),
+    # NaN: the norm of its group is NaN, so the whole group is NaN; +Inf: the group's norm is
+    # inf, its scale 1 − τ/inf = 1, so only the entry is inf
+    "prox_group_lasso": {"nan": ("group", False), "inf": ("entry", False)},
+    "prox_group_lasso-mask": ("entry", False),  # the conv kernel is masked out here
     "prox_nuclear": ("matrix", False),
     "prox_adam": ("entry", True),
     "sam_perturb": ("entry", False),
@@ -258,6 +267,7 @@ _SWALLOWS_NAN = {
     "and the weight is zeroed: the NaN disappears (and mu/nu stay NaN)",
 }
 _BAD_INDEX = (0, 0, 0, 0)  # the poisoned entry of the conv kernel
+ENTRY_AXIS = {e.id: e.kwargs.get("axis", -1) for e in ENTRIES}
 
 
 def _lookup(table: dict, entry_id: str):
@@ -269,6 +279,11 @@ def _expected_mask(scope: str, shape, entry_id: str) -> np.ndarray:
     m = np.zeros(shape, bool)
     if scope == "entry":
         m[_BAD_INDEX] = True
+    elif scope == "group":  # group j = the slice at index j along `axis`
+        axis = ENTRY_AXIS.get(entry_id, -1) % len(shape)
+        index = [slice(None)] * len(shape)
+        index[axis] = _BAD_INDEX[axis]
+        m[tuple(index)] = True
     elif scope == "matrix":  # prox_nuclear: batch over (kh, kw); stacked: batch over kh
         if entry_id.startswith("prox_nuclear"):
             m[0, 0] = True
