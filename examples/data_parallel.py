@@ -130,7 +130,7 @@ def table(rows, header):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=200, help="training steps")
+    parser.add_argument("--steps", type=int, default=150, help="training steps")
     parser.add_argument("--batch", type=int, default=128, help="global batch size")
     parser.add_argument("--hidden", type=int, default=64, help="hidden units")
     parser.add_argument("--lr", type=float, default=0.05, help="SGD learning rate")

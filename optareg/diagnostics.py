@@ -264,11 +264,13 @@ def track(
         u_norms, un = _norms(u_live)
         p_norms, pn = _norms(p_live)
         # exact zeros of optax.apply_updates(θ, u), and NaN/Inf entries of u
-        zeros = [
-            jnp.sum(jnp.asarray(p + u).astype(jnp.asarray(p).dtype) == 0, dtype=jnp.int32)
-            for u, p in zip(u_live, p_live, strict=True)
-        ]
-        nonfinite = [jnp.sum(~jnp.isfinite(u), dtype=jnp.int32) for u in u_live]
+        zeros = _base.zero_counts(
+            [
+                jnp.asarray(p + u).astype(jnp.asarray(p).dtype)
+                for u, p in zip(u_live, p_live, strict=True)
+            ]
+        )
+        nonfinite = _base.nonfinite_counts(u_live)
         sizes = [int(u.size) for u in u_live]
         values = {
             "grad_norm": un,
