@@ -395,16 +395,22 @@ def zero_counts(leaves: Sequence[jax.Array]) -> list[jax.Array]:
     return [counts[i] for i in range(len(leaves))]
 
 
-def nonfinite_counts(leaves: Sequence[jax.Array]) -> list[jax.Array]:
+def nonfinite_counts(
+    leaves: Sequence[jax.Array], probe: jax.Array | None = None
+) -> list[jax.Array]:
     """Number of NaN/Inf entries of each leaf, as int32 scalars.
 
-    A cheap pass (Σ x·0 is 0 when every entry is finite, NaN otherwise) decides whether the exact
-    count is needed; the exact count runs behind one ``lax.cond``.
+    A cheap probe decides whether the exact count is needed: by default Σ x·0 per leaf (0 when
+    every entry is finite, NaN otherwise); a caller that already has the per-leaf Σx² passes it
+    as ``probe`` (it is finite only if every entry is). The exact count runs behind one
+    ``lax.cond``.
     """
     leaves = list(leaves)
     if not leaves:
         return []
-    probe = jnp.stack([jnp.sum(x * 0, dtype=jnp.float32) for x in leaves])
+    if probe is None:
+        probe = jnp.stack([jnp.sum(x * 0, dtype=jnp.float32) for x in leaves])
+    probe = jnp.where(jnp.isfinite(probe), 0.0, jnp.nan)
 
     def exact(leaves):
         return jnp.stack([jnp.sum(~jnp.isfinite(x), dtype=jnp.int32) for x in leaves])

@@ -143,8 +143,8 @@ def _ssq(x: jax.Array, scale: float | None = None) -> jax.Array:
     return jnp.sum(jnp.square(x))
 
 
-def _norms(leaves: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
-    """Per-leaf norms (a vector) and the global norm, overflow-safe.
+def _norms(leaves: list[jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per-leaf norms (a vector), the global norm, and the raw per-leaf Σx², overflow-safe.
 
     One pass computes every Σx²; only if the total overflows (entries ≳ 1e19) does a single
     ``lax.cond`` run a second pass with every leaf rescaled by the exact power of two 2⁻¹⁰⁰
@@ -156,12 +156,12 @@ def _norms(leaves: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
 
     def plain(leaves):
         del leaves
-        return jnp.sqrt(ssq), jnp.sqrt(total)
+        return jnp.sqrt(ssq), jnp.sqrt(total), ssq
 
     def rescued(leaves):
         s = jnp.stack([_ssq(x, _DOWN) for x in leaves]).astype(ssq.dtype)
         barrier = jax.lax.optimization_barrier
-        return barrier(jnp.sqrt(s)) / _DOWN, barrier(jnp.sqrt(jnp.sum(s))) / _DOWN
+        return barrier(jnp.sqrt(s)) / _DOWN, barrier(jnp.sqrt(jnp.sum(s))) / _DOWN, ssq
 
     return jax.lax.cond(jnp.isposinf(total), rescued, plain, leaves)
 
@@ -261,8 +261,8 @@ def track(
             return updates, state
         u_live = [u_leaves[i] for i in live]
         p_live = [p_leaves[i] for i in live]
-        u_norms, un = _norms(u_live)
-        p_norms, pn = _norms(p_live)
+        u_norms, un, u_ssq = _norms(u_live)
+        p_norms, pn, _ = _norms(p_live)
         # exact zeros of optax.apply_updates(θ, u), and NaN/Inf entries of u
         zeros = _base.zero_counts(
             [
@@ -270,7 +270,9 @@ def track(
                 for u, p in zip(u_live, p_live, strict=True)
             ]
         )
-        nonfinite = _base.nonfinite_counts(u_live)
+        # Σu² is finite iff every entry is finite (or it overflowed): no extra pass in the
+        # common case, an exact count behind a lax.cond otherwise.
+        nonfinite = _base.nonfinite_counts(u_live, probe=u_ssq)
         sizes = [int(u.size) for u in u_live]
         values = {
             "grad_norm": un,
