@@ -360,7 +360,14 @@ def masked_if(tx: optax.GradientTransformation, mask: MaskOrFn) -> Any:
     """``optax.masked(tx, mask)`` when a mask is given, else ``tx`` (with extra-args support)."""
     if mask is None:
         return optax.with_extra_args_support(tx)
-    return optax.masked(tx, mask)
+    masked = optax.masked(tx, mask)
+
+    def init_fn(params):
+        if not is_params_placeholder(params):
+            check_mask_matches("mask", mask, params)
+        return masked.init(params)
+
+    return optax.GradientTransformationExtraArgs(init_fn, masked.update)
 
 
 # --------------------------------------------------------------------------------------------
@@ -429,6 +436,20 @@ def zeros_fraction(leaves: Sequence[jax.Array]) -> jax.Array:
     if total == 0:
         return jnp.zeros([], jnp.float32)
     return (sum(zero_counts(leaves)) / total).astype(jnp.float32)
+
+
+def pow2_scale(x: jax.Array, axis: Any = None) -> jax.Array:
+    """A power of two ``≥ max|x|`` over ``axis`` (keepdims; 1 where that max is 0 or not finite).
+
+    Dividing by it is exact in the normal range and puts every entry in ``[-1, 1]``, so squares,
+    Gram matrices and matrix-vector products of entries up to the dtype's max/4 cannot overflow,
+    and the result of a scale-equivariant computation is recovered by multiplying back.
+    """
+    amax = jnp.max(jnp.abs(x), axis=axis, keepdims=True)
+    ok = (amax > 0) & jnp.isfinite(amax)
+    e = jnp.ceil(jnp.log2(jnp.where(ok, amax, 1))).astype(jnp.int32)
+    e = jnp.clip(e, -126, 127)
+    return jax.lax.stop_gradient(jnp.where(ok, jnp.ldexp(jnp.ones_like(amax), e), 1))
 
 
 def global_norm(tree: Any) -> jax.Array:

@@ -11,6 +11,7 @@ import operator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "elastic_net_threshold",
@@ -26,6 +27,18 @@ def _float(x):
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.float32)
     return x
+
+
+def _check_threshold(name: str, tau) -> None:
+    """A threshold given as a Python / NumPy number or array must be >= 0 (inf allowed), not NaN.
+
+    JAX arrays and tracers are not inspected (no device sync on the hot path).
+    """
+    if isinstance(tau, bool) or not isinstance(tau, (int, float, np.number, np.ndarray)):
+        return
+    t = np.asarray(tau, np.float64)
+    if np.isnan(t).any() or (t < 0).any():
+        raise ValueError(f"`{name}` must be >= 0 (inf allowed) and not NaN; got {tau!r}.")
 
 
 def _param(t, dtype):
@@ -63,6 +76,7 @@ def soft_threshold(x: jax.Array, tau) -> jax.Array:
       Donoho, "De-noising by soft-thresholding", IEEE Trans. Inf. Theory, 1995.
       Parikh & Boyd, "Proximal Algorithms", Found. Trends Optim., 2014, §6.5.2.
     """
+    _check_threshold("tau", tau)
     x = _float(x)
     tau = _param(tau, x.dtype)
     return x - jnp.clip(x, -tau, tau)
@@ -92,6 +106,8 @@ def elastic_net_threshold(x: jax.Array, tau_l1, tau_l2) -> jax.Array:
     References:
       Zou & Hastie, "Regularization and variable selection via the elastic net", JRSS-B, 2005.
     """
+    _check_threshold("tau_l1", tau_l1)
+    _check_threshold("tau_l2", tau_l2)
     x = _float(x)
     # Multiply by the reciprocal: the same rounding whether τ₂ is a traced value or a constant
     # XLA folds (bit-identical under optax.inject_hyperparams).
@@ -142,6 +158,7 @@ def group_soft_threshold(x: jax.Array, tau, axis: int = -1) -> jax.Array:
       Yuan & Lin, "Model selection and estimation in regression with grouped variables",
       JRSS-B, 2006.
     """
+    _check_threshold("tau", tau)
     x = _float(x)
     if x.ndim == 0:
         return soft_threshold(x, tau)
@@ -150,9 +167,9 @@ def group_soft_threshold(x: jax.Array, tau, axis: int = -1) -> jax.Array:
     group_size = x.size // x.shape[axis] if x.shape[axis] else 1
     tau = _param(tau, x.dtype) * jnp.sqrt(jnp.asarray(group_size, x.dtype))
     sq = jnp.sum(jnp.square(x), axis=others, keepdims=True)
-    positive = sq > 0
+    positive = sq != 0  # NaN counts as positive: a NaN group stays NaN (never silently zeroed)
     norm = jnp.sqrt(jnp.where(positive, sq, 1))  # safe: never sqrt(0) on the gradient path
-    keep = positive & (norm > tau)
+    keep = positive & ~(norm <= tau)
     scale = jnp.where(keep, 1 - tau / norm, 0)
     return jnp.where(keep, scale * x, jnp.zeros_like(x))
 
@@ -255,13 +272,22 @@ def singular_value_threshold(x: jax.Array, tau) -> jax.Array:
       SIAM J. Optim., 2010.
       Lewis & Sendov, "Twice differentiable spectral functions", SIAM J. Matrix Anal. Appl., 2001.
     """
+    _check_threshold("tau", tau)
     x = _float(x)
     if x.ndim < 2:
         raise ValueError(
-            f"singular_value_threshold needs an array with ndim >= 2; got shape {x.shape}."
+            f"singular_value_threshold: `x` must have ndim >= 2 (a matrix or a batch of "
+            f"matrices); got shape {x.shape}."
         )
     dt = jnp.promote_types(x.dtype, jnp.float32)
     if x.size == 0:
         return x
-    y = _svt(x.astype(dt), jnp.asarray(tau).astype(dt))
+    xd = x.astype(dt)
+    # SVT is scale-equivariant, svt(x, τ) = s·svt(x/s, τ/s): with s a power of two >= max|x|
+    # (exact scaling) the SVD cannot overflow for entries up to the dtype's max/4.
+    amax = jnp.max(jnp.abs(xd))
+    ok = (amax > 0) & jnp.isfinite(amax)
+    e = jnp.clip(jnp.ceil(jnp.log2(jnp.where(ok, amax, 1))), -126, 127).astype(jnp.int32)
+    s = jax.lax.stop_gradient(jnp.where(ok, jnp.ldexp(jnp.ones_like(amax), e), 1))
+    y = _svt(xd / s, jnp.asarray(tau).astype(dt) / s) * s
     return y.astype(x.dtype)

@@ -7,9 +7,11 @@ Both operators act on the last two axes of an array and batch over the leading o
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = ["msign", "spectral_clip_matrix"]
 
@@ -154,18 +156,25 @@ def _clip_exact_svd(x: jax.Array, c) -> tuple[jax.Array, jax.Array]:
 
 @functools.partial(jax.jit, static_argnums=2)
 def _clip_newton_schulz(x: jax.Array, c, steps: int) -> jax.Array:
-    """``c·clip_1(x/c)``, ``clip_1(M) = ½[M + Q + (Q − M) S]``, Q = msign(M), S = msign(MᵀM − I)."""
-    m = x / c
-    q = msign(m, steps)
-    if m.shape[-2] < m.shape[-1]:  # wide: the small Gram is M Mᵀ, S acts on the left
-        eye = jnp.eye(m.shape[-2], dtype=m.dtype)
-        s = msign(m @ _mT(m) - eye, steps)
-        y = 0.5 * (m + q + s @ (q - m))
+    """``c·clip_1(x/c) = ½[x + cQ + (cQ − x)S]``, Q = msign(x), S = msign(xᵀx − c²I).
+
+    Computed on ``x/a``, ``c/a`` with ``a = max|x|`` (msign is scale-invariant), so neither
+    ``x/c`` nor the Gram matrix can overflow; rescaled by ``a`` at the end.
+    """
+    a = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True)
+    a = jnp.where((a > 0) & jnp.isfinite(a), a, 1.0)
+    xs = div_by_scale(x, a)
+    cs = div_by_scale(jnp.broadcast_to(jnp.asarray(c, x.dtype), a.shape), a)
+    q = msign(xs, steps)
+    if xs.shape[-2] < xs.shape[-1]:  # wide: the small Gram is X Xᵀ, S acts on the left
+        eye = jnp.eye(xs.shape[-2], dtype=xs.dtype)
+        s = msign(xs @ _mT(xs) - cs * cs * eye, steps)
+        y = 0.5 * (xs + cs * q + s @ (cs * q - xs))
     else:
-        eye = jnp.eye(m.shape[-1], dtype=m.dtype)
-        s = msign(_mT(m) @ m - eye, steps)
-        y = 0.5 * (m + q + (q - m) @ s)
-    return c * y
+        eye = jnp.eye(xs.shape[-1], dtype=xs.dtype)
+        s = msign(_mT(xs) @ xs - cs * cs * eye, steps)
+        y = 0.5 * (xs + cs * q + (cs * q - xs) @ s)
+    return y * a
 
 
 def clip_with_sigma(x: jax.Array, c, method: str, ns_steps: int = 8):
@@ -224,6 +233,9 @@ def spectral_clip_matrix(x: jax.Array, c=1.0, method: str = "exact", *, ns_steps
     """
     x = jnp.asarray(x)
     _check_matrix(x, "spectral_clip_matrix")
+    if isinstance(c, (int, float, np.number)) and not isinstance(c, bool):
+        if not (math.isfinite(float(c)) and float(c) > 0):
+            raise ValueError(f"spectral_clip_matrix: `c` must be a finite number > 0; got {c!r}.")
     if method not in _METHODS:
         raise ValueError(
             f"spectral_clip_matrix: `method` must be one of {_METHODS!r}; got {method!r}."

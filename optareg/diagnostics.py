@@ -172,6 +172,25 @@ def _ratio(u_norm: jax.Array, p_norm: jax.Array) -> jax.Array:
     return jnp.where(zero, jnp.zeros_like(u_norm), u_norm / jnp.where(zero, 1, p_norm))
 
 
+def _ratios(u_leaves, p_leaves, u_norms, un, p_norms, pn):
+    """Per-leaf and global ‖u‖/‖θ‖; when a norm saturated to +inf, the ratio of the norms of
+    the rescaled leaves (x·2⁻¹⁰⁰, exact), so the ratio stays finite and meaningful."""
+
+    def plain(_):
+        return _ratio(u_norms, p_norms), _ratio(un, pn)
+
+    def rescued(_):
+        su = jnp.stack([_ssq(x, _DOWN) for x in u_leaves]).astype(un.dtype)
+        sp = jnp.stack([_ssq(x, _DOWN) for x in p_leaves]).astype(pn.dtype)
+        return (
+            _ratio(jnp.sqrt(su), jnp.sqrt(sp)),
+            _ratio(jnp.sqrt(jnp.sum(su)), jnp.sqrt(jnp.sum(sp))),
+        )
+
+    saturated = jnp.isposinf(un) | jnp.isposinf(pn)
+    return jax.lax.cond(saturated, rescued, plain, None)
+
+
 def track(
     *, per_leaf: bool = False, name: str = "optareg"
 ) -> optax.GradientTransformationExtraArgs:
@@ -263,6 +282,7 @@ def track(
         p_live = [p_leaves[i] for i in live]
         u_norms, un, u_ssq = _norms(u_live)
         p_norms, pn, _ = _norms(p_live)
+        leaf_ratios, ratio = _ratios(u_live, p_live, u_norms, un, p_norms, pn)
         # exact zeros of optax.apply_updates(θ, u), and NaN/Inf entries of u
         zeros = _base.zero_counts(
             [
@@ -278,7 +298,7 @@ def track(
             "grad_norm": un,
             "param_norm": pn,
             "update_norm": un,
-            "update_ratio": _ratio(un, pn),
+            "update_ratio": ratio,
             "sparsity": sum(zeros) / sum(sizes),
             "nonfinite": sum(nonfinite),
         }
@@ -289,7 +309,7 @@ def track(
                 "grad_norm": list(u_norms),
                 "param_norm": list(p_norms),
                 "update_norm": list(u_norms),
-                "update_ratio": list(_ratio(u_norms, p_norms)),
+                "update_ratio": list(leaf_ratios),
                 "sparsity": [z / n for z, n in zip(zeros, sizes, strict=True)],
                 "nonfinite": nonfinite,
             }

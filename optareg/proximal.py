@@ -462,7 +462,7 @@ def prox_adam(
             m_hat = m / (1 - beta1 ** t.astype(dt))
             v_hat = v / (1 - beta2 ** t.astype(dt))
             den = jnp.sqrt(v_hat) + _as(eps, dt)
-            pos = den > 0
+            pos = ~(den <= 0)  # NaN propagates (a NaN gradient must not zero the weight)
             safe = jnp.where(pos, den, 1)
             eta = _as(lr, dt)
             x = p32 - jnp.where(pos, eta * m_hat / safe, 0)

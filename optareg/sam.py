@@ -67,8 +67,27 @@ def _dot(xs, ys) -> jax.Array:
     return total
 
 
+def _scale(xs) -> jax.Array:
+    """A power of two >= the largest |entry| over all leaves (1 for none / all zero)."""
+    maxes = [jnp.max(jnp.abs(_f32(x))) for x in xs if x.size]
+    if not maxes:
+        return jnp.ones([], jnp.float32)
+    return _base.pow2_scale(jnp.max(jnp.stack(maxes)))
+
+
 def _norm(xs) -> jax.Array:
-    return jnp.sqrt(_dot(xs, xs))
+    """Global norm, overflow-safe: ``s·‖x/s‖`` (bit-identical to ``√Σx²`` in the normal range;
+    ``+inf`` only when the exact norm exceeds float32's range)."""
+    s = _scale(xs)
+    return jnp.sqrt(_dot([_f32(x) / s for x in xs], [_f32(x) / s for x in xs])) * s
+
+
+def _cos(xs, ys) -> jax.Array:
+    """Cosine of two trees, computed on ``x/s_x`` and ``y/s_y`` (no overflow; 0 if either is 0)."""
+    sx, sy = _scale(xs), _scale(ys)
+    xs = [_f32(x) / sx for x in xs]
+    ys = [_f32(y) / sy for y in ys]
+    return _dot(xs, ys) * _safe_inv(jnp.sqrt(_dot(xs, xs)) * jnp.sqrt(_dot(ys, ys)))
 
 
 def _safe_inv(n: jax.Array, eps: Any = 0.0) -> jax.Array:
@@ -269,11 +288,14 @@ def sam_perturb(
                 out[i] = e * t_leaves[i] if adaptive else e
             return out
         if adaptive:
-            tg = [t_leaves[i] * _f32(g_leaves[i]) for i in idx]
-            scale = rho_t * _safe_inv(_norm(tg), eps_t)
+            # ε = ρ·T·(Tg/‖Tg‖): computed with g/s (s a power of two) so that Tg and T²g
+            # cannot overflow; eps/s keeps ρ/(‖Tg‖ + eps) exactly.
+            s = _scale([g_leaves[i] for i in idx])
+            tg = [t_leaves[i] * (_f32(g_leaves[i]) / s) for i in idx]
+            scale = rho_t * _safe_inv(_norm(tg), eps_t / s)
             out = list(zeros)
             for j, i in enumerate(idx):
-                out[i] = scale * (t_leaves[i] * tg[j])
+                out[i] = t_leaves[i] * (scale * tg[j])
             return out
         scale = rho_t * _safe_inv(_norm([g_leaves[i] for i in idx]), eps_t)
         out = list(zeros)
@@ -314,10 +336,14 @@ def sam_perturb(
             else:
                 alpha = alpha_t
                 inv_p = _safe_inv(gp_norm)
-                c = _dot(g_leaves, gp_leaves) * inv_p * inv_p  # (g·ĝ_p)/‖g_p‖
+                # g − (g·ĝ_p)ĝ_p in units of s (a power of two >= max|g|): no overflow in the dot
+                s = _scale(g_leaves)
+                hat = [_f32(gp) * inv_p for gp in gp_leaves]
+                g_s = [_f32(g) / s for g in g_leaves]
+                proj = _dot(g_s, hat)
                 out = [
-                    (_f32(gp) - alpha * (_f32(g) - c * _f32(gp))).astype(g.dtype)
-                    for gp, g in zip(gp_leaves, g_leaves, strict=True)
+                    (_f32(gp) - alpha * (s * (gs - proj * h))).astype(g.dtype)
+                    for gp, g, gs, h in zip(gp_leaves, g_leaves, g_s, hat, strict=True)
                 ]
             # rho == 0: θ + ε = θ, so g_p is g by contract; return g itself (bit-exact, however
             # XLA compiles the user's grad_fn inside this program).
@@ -325,17 +351,22 @@ def sam_perturb(
             if state.g_v is None:
                 return out, None, gp_norm
             inv_g = _safe_inv(g_norm)
-            c_v = _dot(g_leaves, gp_leaves) * inv_g * inv_g
+            # g_p − (g_p·ĝ)ĝ in units of s (a power of two >= max|g_p|): no overflow in the dot
+            s = _scale(gp_leaves)
+            hat = [_f32(g) * inv_g for g in g_leaves]
+            gp_s = [_f32(gp) / s for gp in gp_leaves]
+            proj = _dot(gp_s, hat)
             gv = [
-                (_f32(gp) - c_v * _f32(g)).astype(v.dtype)
-                for gp, g, v in zip(gp_leaves, g_leaves, gv_old, strict=True)
+                (s * (gps - proj * h)).astype(v.dtype)
+                for gps, h, v in zip(gp_s, hat, gv_old, strict=True)
             ]
             return out, gv, gp_norm
 
         def reuse_step(_):
-            scale = jnp.where(on, alpha_r, 0.0) * g_norm * _safe_inv(_norm(gv_old))
+            inv_v = _safe_inv(_norm(gv_old))
+            weight = jnp.where(on, alpha_r, 0.0) * g_norm
             out = [
-                (_f32(g) + scale * _f32(v)).astype(g.dtype)
+                (_f32(g) + weight * (_f32(v) * inv_v)).astype(g.dtype)
                 for g, v in zip(g_leaves, gv_old, strict=True)
             ]
             return out, gv_old, state.perturbed_grad_norm
@@ -345,7 +376,7 @@ def sam_perturb(
         else:
             k = period if period is not None else reuse_every
             out, gv, gp_norm = jax.lax.cond(state.count % k == 0, full_step, reuse_step, None)
-        cos = _dot(g_leaves, out) * _safe_inv(g_norm * _norm(out))
+        cos = _cos(g_leaves, out)
         new_state = SamPerturbState(
             count=_base.increment(state.count),
             grad_norm=g_norm,

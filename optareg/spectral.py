@@ -282,8 +282,6 @@ def _start_vectors(plan: _Plan, dtype) -> tuple[jax.Array, jax.Array]:
 # state and transform
 # --------------------------------------------------------------------------------------------
 
-_EMPTY = (0,)  # shape of the placeholder stored for leaves that are not matrices
-
 
 class SpectralClipState(NamedTuple):
     """State of :func:`spectral_clip`.
@@ -292,7 +290,7 @@ class SpectralClipState(NamedTuple):
       count: int32 step counter of shape ``()``; a ``max_norm`` schedule is evaluated on it.
       u: params-structured tree of left power-iteration vectors, shape ``batch_shape + (m,)``
         per matrix leaf (float32, or the params' dtype if wider); ``None`` for ``"exact"``.
-        Leaves that are not matrices hold an empty array of shape ``(0,)``.
+        Leaves that are not matrices hold ``None``.
       v: the same for the right vectors, shape ``batch_shape + (n,)``.
       sigma: params-structured tree, shape ``batch_shape`` per matrix leaf: the spectral norm of
         ``θ + u`` *before* clipping at the last step — exact for ``"exact"``, the power-iteration
@@ -312,8 +310,6 @@ class SpectralClipState(NamedTuple):
         smax = jnp.zeros([], jnp.float32)
         flat = jax.tree_util.tree_flatten_with_path(self.sigma)[0]
         for path, s in flat:
-            if s.shape == _EMPTY:
-                continue
             name = f"{_NAME}/sigma/{_path_str(path)}"
             s32 = jnp.asarray(s, jnp.float32)
             if s.ndim == 0:
@@ -411,13 +407,15 @@ def spectral_clip(
     uses_vectors = method != "exact"
 
     def leaf_init(p, plan):
-        if plan is None:
-            empty = jnp.zeros(_EMPTY, jnp.float32)
-            return empty, empty, empty
+        if plan is None:  # not a matrix: None (orbax cannot save zero-size arrays)
+            return None, None, None
         dt = _base.compute_dtype(p)
         w = _to_mats(jnp.asarray(p).astype(dt), plan)
         if not uses_vectors:
-            smax = jnp.sqrt(jnp.maximum(jnp.linalg.eigvalsh(_gram(w))[..., -1], 0.0))
+            a = jnp.max(jnp.abs(w), axis=(-2, -1), keepdims=True)  # no overflow in the Gram
+            a = jnp.where((a > 0) & jnp.isfinite(a), a, 1.0)
+            lam = jnp.linalg.eigvalsh(_gram(div_by_scale(w, a)))[..., -1]
+            smax = jnp.sqrt(jnp.maximum(lam, 0.0)) * a[..., 0, 0]
             return None, None, smax.reshape(plan.batch_shape)
         u, v = _start_vectors(plan, dt)
         u, v, sigma = _power(w, u, v, init_iters)

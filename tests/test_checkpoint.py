@@ -132,7 +132,6 @@ def check_roundtrip(make_setup, serializer, tmp_path):
 
 # orbax cannot save zero-size arrays; SpectralClipState stores shape-(0,) placeholders for the
 # leaves that are not matrices (fix in the report: store None there).
-_ORBAX_ZERO_SIZE = "spectral_clip state holds zero-size placeholder arrays, which orbax refuses"
 
 
 def _params_with_marks():
@@ -140,14 +139,7 @@ def _params_with_marks():
     for p in _one_per_state_layout():
         entry = p.values[0]
         for name in SERIALIZERS:
-            marks = []
-            if (
-                name == "orbax"
-                and entry.id.startswith("spectral_clip")
-                and "mask" not in entry.kwargs
-            ):
-                marks = [pytest.mark.xfail(strict=True, reason=_ORBAX_ZERO_SIZE)]
-            out.append(pytest.param(entry, name, id=f"{p.id}-{name}", marks=marks))
+            out.append(pytest.param(entry, name, id=f"{p.id}-{name}"))
     return out
 
 
@@ -173,7 +165,7 @@ def full_chain():
 @pytest.mark.parametrize(
     "serializer",
     [
-        pytest.param("orbax", marks=pytest.mark.xfail(strict=True, reason=_ORBAX_ZERO_SIZE)),
+        "orbax",
         "flax",
     ],
 )

@@ -155,20 +155,7 @@ def check_one_step(entry: Entry, case, full: bool):
             assert np.isfinite(x).all(), f"non-finite state {path}: {x}"
 
 
-# Transforms that break the full-range promise today (an exact fix for each is in the report).
-_FULL_RANGE_BUGS = {
-    "prox_nuclear": "SVD of a matrix with entries near max/4 overflows (inf updates): scale the "
-    "matrix by its max-abs before the SVD",
-    "sam_perturb": "global norms computed as sqrt(Σg²) overflow for large entries: `cos` is "
-    "inf·0 = NaN (and ASAM/GSAM updates, LookSAM g_v NaN); use a max-abs-scaled norm",
-    "spectral_clip-exact": "the Gram matrix WᵀW of entries near max/4 overflows (eigh of inf "
-    "→ NaN): divide each matrix by a power of two >= max|W| first",
-    "spectral_clip-newton_schulz": "msign's Frobenius norm / MᵀM overflow (NaN): divide each "
-    "matrix by a power of two >= max|W| first",
-    "spectral_clip-stacked": "as spectral_clip-exact / -newton_schulz, per stacked matrix",
-    "track": "update_ratio = inf/inf = NaN when both norms saturate: take the ratio of the "
-    "rescaled norms",
-}
+_FULL_RANGE_BUGS: dict[str, str] = {}  # every transform keeps the full-range promise
 
 
 def _full_range_xfail(entry_id: str) -> str | None:
@@ -281,14 +268,7 @@ NONFINITE = {
     "spectral_clip-stacked_int": ("matrix", False),
     "track": ("entry", False),
 }
-# NaN silently turned into a finite number today (exact fixes in the report).
-_SWALLOWS_NAN = {
-    "prox_group_lasso": "group_soft_threshold maps a group containing NaN to exact zeros "
-    "(`positive = sq > 0` is False for NaN)",
-    "prox_group_lasso-mask": None,  # this variant's mask leaves the conv kernel out
-    "prox_adam": "a NaN gradient gives den = NaN, `pos = den > 0` is False, the threshold is inf "
-    "and the weight is zeroed: the NaN disappears (and mu/nu stay NaN)",
-}
+_SWALLOWS_NAN: dict[str, str | None] = {}  # no transform turns a NaN into a number
 _BAD_INDEX = (0, 0, 0, 0)  # the poisoned entry of the conv kernel
 ENTRY_AXIS = {e.id: e.kwargs.get("axis", -1) for e in ENTRIES}
 

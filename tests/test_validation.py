@@ -268,10 +268,7 @@ ROWS += [
 
 # --- operators (scalar arguments given as Python / NumPy numbers are checked eagerly) ----------
 _X = jnp.ones((3, 4))
-_OPS_FIX = (
-    "operators do not validate their scalar arguments (a negative threshold silently returns a "
-    "wrong result); fix in the report: _prox_ops._check_threshold / _spectral_ops checks"
-)
+_OPS_FIX = None  # fixed: operators validate their scalar arguments
 ROWS += [
     *[
         Row(
@@ -336,7 +333,6 @@ ROWS += [
         {"tau": 0.1},
         "x",
         args=(jnp.ones(3),),
-        xfail="message names the function, not `x`; fix in the report",
     ),
     *[Row("msign", operators.msign, {"steps": s}, "steps", args=(_X,)) for s in (0, 1.5, True)],
     *[
@@ -377,15 +373,7 @@ def _check_message(exc: BaseException, arg: str) -> None:
 
 # Transforms whose mask goes through ``_base.masked_if`` (``optax.masked``): a mismatched mask
 # surfaces as optax's generic "pytree structure error" that does not name `mask`.
-_MASKED_IF = {
-    "add_decayed_weights",
-    "decoupled_weight_decay",
-    "prox_l1",
-    "prox_elastic_net",
-    "prox_group_lasso",
-    "prox_nuclear",
-    "spectral_clip",
-}
+_MASKED_IF: set[str] = set()  # fixed: _base.masked_if checks the mask at init
 _MASK_FIX = (
     "_base.masked_if does not call check_mask_matches at init: optax's pytree error does not "
     "name `mask` (fix in the report)"
