@@ -158,23 +158,32 @@ def _clip_exact_svd(x: jax.Array, c) -> tuple[jax.Array, jax.Array]:
 def _clip_newton_schulz(x: jax.Array, c, steps: int) -> jax.Array:
     """``c·clip_1(x/c) = ½[x + cQ + (cQ − x)S]``, Q = msign(x), S = msign(xᵀx − c²I).
 
-    Computed on ``x/a``, ``c/a`` with ``a = max|x|`` (msign is scale-invariant), so neither
-    ``x/c`` nor the Gram matrix can overflow; rescaled by ``a`` at the end.
+    Computed on ``x/a``, ``c/a`` with ``a = max(max|x|, c)`` (msign is scale-invariant), so
+    every entry and ``c/a`` are at most 1: neither the Gram matrix nor ``(c/a)²`` can overflow,
+    also for matrices far inside the ball (tiny ``x``); rescaled by ``a`` at the end.
     """
+    # The barrier keeps a Python-float c and an injected array c on one compiled path (bit-identical
+    # results under optax.inject_hyperparams).
+    c = jax.lax.optimization_barrier(jnp.asarray(c, x.dtype))
     a = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True)
+    a = jnp.maximum(a, c)
     a = jnp.where((a > 0) & jnp.isfinite(a), a, 1.0)
     xs = div_by_scale(x, a)
     cs = div_by_scale(jnp.broadcast_to(jnp.asarray(c, x.dtype), a.shape), a)
     q = msign(xs, steps)
+    # ½[X + cQ + (cQ − X)S] regrouped as ½[X(I − S) + cQ(I + S)]: no cancellation between X and
+    # cQ when σ ≪ c (S ≈ −I) or σ ≫ c (S ≈ I).
     if xs.shape[-2] < xs.shape[-1]:  # wide: the small Gram is X Xᵀ, S acts on the left
         eye = jnp.eye(xs.shape[-2], dtype=xs.dtype)
         s = msign(xs @ _mT(xs) - cs * cs * eye, steps)
-        y = 0.5 * (xs + cs * q + s @ (cs * q - xs))
+        y = 0.5 * ((eye - s) @ xs + (eye + s) @ (cs * q))
     else:
         eye = jnp.eye(xs.shape[-1], dtype=xs.dtype)
         s = msign(_mT(xs) @ xs - cs * cs * eye, steps)
-        y = 0.5 * (xs + cs * q + (cs * q - xs) @ s)
-    return y * a
+        y = 0.5 * (xs @ (eye - s) + (cs * q) @ (eye + s))
+    # ‖X‖_F ≤ c ⇒ σ_max ≤ c: the matrix is inside the ball and is returned exactly.
+    inside = jnp.sum(jnp.square(xs), axis=(-2, -1), keepdims=True) <= cs * cs
+    return jnp.where(inside, x, y * a)
 
 
 def clip_with_sigma(x: jax.Array, c, method: str, ns_steps: int = 8):

@@ -12,7 +12,12 @@ settings.register_profile(
 settings.register_profile(
     "thorough", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_configure(config):
+    """Profile: ``--hypothesis-profile=thorough`` wins, else $HYPOTHESIS_PROFILE, else "ci"."""
+    if config.getoption("hypothesis_profile", default=None) is None:
+        settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
