@@ -34,7 +34,9 @@ ENTRIES: list[Entry] = [
         optareg.spectral_clip,
         {**_INTS, "max_norm": _C, "method": "exact"},
         inject=("max_norm",),
-        atol=1e-5,
+        # eigh of a sharded Gram matrix sums in another order: measured 1.3e-5 relative on the
+        # 72x16 conv view on a 2x4 mesh.
+        atol=5e-5,
     ),
     Entry(
         "spectral_clip-newton_schulz",
