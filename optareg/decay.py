@@ -82,6 +82,23 @@ def _check_reference_arg(reference: Any) -> None:
         raise ValueError("`reference` is an empty pytree; pass None to decay toward zero.")
 
 
+def _check_decay_args(weight_decay, mask, reference, cautious, high=None) -> None:
+    _base.check_scalar("weight_decay", weight_decay, low=0.0, high=high)
+    _base.check_mask("mask", mask)
+    _check_reference_arg(reference)
+    if not isinstance(cautious, bool):
+        raise TypeError(f"`cautious` must be a bool; got {type(cautious).__name__}.")
+
+
+def _init_reference(reference: Any, params: Any, name: str) -> Any:
+    """The reference kept in state at ``init`` (``None`` when decaying toward zero)."""
+    if reference is None:
+        return None
+    if _base.is_params_placeholder(params):  # optax.tree.map_params probing the state
+        return params
+    return resolve_reference(reference, params, name)
+
+
 def add_decayed_weights(
     weight_decay: _base.ScalarOrSchedule = 0.0,
     mask: _base.MaskOrFn = None,
@@ -133,20 +150,13 @@ def add_decayed_weights(
       Convolutional Networks" (L2-SP), ICML 2018.
       Chen et al., "Cautious Weight Decay", 2025.
     """
-    _base.check_scalar("weight_decay", weight_decay, low=0.0)
-    _base.check_mask("mask", mask)
-    _check_reference_arg(reference)
-    if not isinstance(cautious, bool):
-        raise TypeError(f"`cautious` must be a bool; got {type(cautious).__name__}.")
+    _check_decay_args(weight_decay, mask, reference, cautious)
     name = "add_decayed_weights"
 
     def init_fn(params):
-        ref = None
-        if _base.is_params_placeholder(params):
-            ref = None if reference is None else params  # optax.tree.map_params probing the state
-        elif reference is not None:
-            ref = resolve_reference(reference, params, name)
-        return AddDecayedWeightsState(count=_base.init_count(), reference=ref)
+        return AddDecayedWeightsState(
+            count=_base.init_count(), reference=_init_reference(reference, params, name)
+        )
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
@@ -240,20 +250,13 @@ def decoupled_weight_decay(
       Convolutional Networks" (L2-SP), ICML 2018.
       Chen et al., "Cautious Weight Decay", 2025.
     """
-    _base.check_scalar("weight_decay", weight_decay, low=0.0, high=1.0)
-    _base.check_mask("mask", mask)
-    _check_reference_arg(reference)
-    if not isinstance(cautious, bool):
-        raise TypeError(f"`cautious` must be a bool; got {type(cautious).__name__}.")
+    _check_decay_args(weight_decay, mask, reference, cautious, high=1.0)
     name = "decoupled_weight_decay"
 
     def init_fn(params):
-        ref = None
-        if _base.is_params_placeholder(params):
-            ref = None if reference is None else params  # optax.tree.map_params probing the state
-        elif reference is not None:
-            ref = resolve_reference(reference, params, name)
-        return DecoupledWeightDecayState(count=_base.init_count(), reference=ref)
+        return DecoupledWeightDecayState(
+            count=_base.init_count(), reference=_init_reference(reference, params, name)
+        )
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
