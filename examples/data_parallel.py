@@ -116,7 +116,7 @@ def make_train_step(mesh, sam, opt, *, pcast=True):
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), sam_state, opt_state, loss
 
-    return train_step, sam_gradient
+    return train_step, jax.jit(sam_gradient)
 
 
 def table(rows, header):
