@@ -22,6 +22,7 @@ import optax
 import pytest
 import test_conformance as tc
 from registry import ENTRIES, Entry
+from registry._entry import code_path_key
 
 STEPS = 2
 
@@ -31,16 +32,7 @@ def _one_per_code_path() -> list:
     eager for every entry, with a looser absolute tolerance)."""
     seen, out = set(), []
     for e in ENTRIES:
-        kw = e.kwargs
-        key = (
-            e.factory,
-            kw.get("method"),
-            kw.get("norm"),
-            kw.get("adaptive", False),
-            bool(kw.get("gsam_alpha", 0)),
-            kw.get("reuse_every", 1) > 1,
-            kw.get("per_leaf", False),
-        )
+        key = code_path_key(e)
         if key not in seen:
             seen.add(key)
             out.append(pytest.param(e, id=e.id))

@@ -39,6 +39,7 @@ import test_conformance as tc
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from registry import ENTRIES, Entry
+from registry._entry import code_path_key
 
 DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 IDS = [e.id for e in ENTRIES]
@@ -173,13 +174,7 @@ def _code_paths() -> list[Entry]:
     for e in ENTRIES:
         kw = e.kwargs
         key = (
-            e.factory,
-            kw.get("method"),
-            kw.get("norm"),
-            kw.get("adaptive", False),
-            bool(kw.get("gsam_alpha", 0)),
-            kw.get("reuse_every", 1) > 1,
-            kw.get("per_leaf", False),
+            *code_path_key(e),
             kw.get("reference") is not None,
             kw.get("cautious", False),
             "matrix_axes" in kw,

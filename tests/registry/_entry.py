@@ -38,3 +38,21 @@ class Entry:
 
     def make(self, **overrides: Any) -> optax.GradientTransformation:
         return self.factory(**{**self.kwargs, **overrides})
+
+
+def code_path_key(entry: Entry) -> tuple:
+    """What decides an entry's arithmetic (factory, method, norm, SAM variant, per-leaf).
+
+    Tests that run one entry per code path de-duplicate on this key (extending it where they
+    care about more, e.g. a decay reference).
+    """
+    kw = entry.kwargs
+    return (
+        entry.factory,
+        kw.get("method"),
+        kw.get("norm"),
+        kw.get("adaptive", False),
+        bool(kw.get("gsam_alpha", 0)),
+        kw.get("reuse_every", 1) > 1,
+        kw.get("per_leaf", False),
+    )
