@@ -12,6 +12,7 @@ Diagnostics (:func:`track`, :func:`metrics`) and :func:`early_stopping` make the
 """
 
 from optareg import masks, operators
+from optareg._chain import chain
 from optareg.decay import (
     AddDecayedWeightsState,
     DecoupledWeightDecayState,
@@ -44,6 +45,7 @@ __all__ = [
     "SpectralClipState",
     "TrackState",
     "add_decayed_weights",
+    "chain",
     "decay_schedule",
     "decoupled_weight_decay",
     "early_stopping",

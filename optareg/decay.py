@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optareg import _base
+from optareg import _chain, _counters, _masking, _poststep, _validation
 
 __all__ = [
     "AddDecayedWeightsState",
@@ -45,7 +45,7 @@ def resolve_reference(reference: Any, params: Any, name: str) -> Any:
     if reference is None:
         return None
     if isinstance(reference, str):
-        _base.check_choice("reference", reference, ("init",))
+        _validation.check_choice("reference", reference, ("init",))
         return jax.tree.map(lambda p: jnp.array(p, copy=True), params)
     treedef = jax.tree.structure(params, is_leaf=_is_masked_node)
     try:
@@ -83,8 +83,8 @@ def _check_reference_arg(reference: Any) -> None:
 
 
 def _check_decay_args(weight_decay, mask, reference, cautious, high=None) -> None:
-    _base.check_scalar("weight_decay", weight_decay, low=0.0, high=high)
-    _base.check_mask("mask", mask)
+    _validation.check_scalar("weight_decay", weight_decay, low=0.0, high=high)
+    _masking.check_mask("mask", mask)
     _check_reference_arg(reference)
     if not isinstance(cautious, bool):
         raise TypeError(f"`cautious` must be a bool; got {type(cautious).__name__}.")
@@ -94,14 +94,14 @@ def _init_reference(reference: Any, params: Any, name: str) -> Any:
     """The reference kept in state at ``init`` (``None`` when decaying toward zero)."""
     if reference is None:
         return None
-    if _base.is_params_placeholder(params):  # optax.tree.map_params probing the state
+    if _validation.is_params_placeholder(params):  # optax.tree.map_params probing the state
         return params
     return resolve_reference(reference, params, name)
 
 
 def add_decayed_weights(
-    weight_decay: _base.ScalarOrSchedule = 0.0,
-    mask: _base.MaskOrFn = None,
+    weight_decay: _validation.ScalarOrSchedule = 0.0,
+    mask: _validation.MaskOrFn = None,
     *,
     reference: Any = None,
     cautious: bool = False,
@@ -155,14 +155,18 @@ def add_decayed_weights(
 
     def init_fn(params):
         return AddDecayedWeightsState(
-            count=_base.init_count(), reference=_init_reference(reference, params, name)
+            count=_counters.init_count(), reference=_init_reference(reference, params, name)
         )
+
+    static_zero = _is_static_zero(weight_decay)
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
-        _base.require_params(params, name)
-        s = _base.evaluate(weight_decay, state.count)
-        new_state = AddDecayedWeightsState(_base.increment(state.count), state.reference)
+        _validation.require_params(params, name)
+        new_state = AddDecayedWeightsState(_counters.increment(state.count), state.reference)
+        if static_zero:  # optax's drop-in: the updates untouched (inf stays inf, -0. stays -0.)
+            return updates, new_state
+        s = _counters.evaluate(weight_decay, state.count)
 
         def leaf(g, p, r=None):
             if g is None:
@@ -179,7 +183,12 @@ def add_decayed_weights(
             out = jax.tree.map(leaf, updates, params, state.reference, is_leaf=lambda x: x is None)
         return out, new_state
 
-    return _base.masked_if(optax.GradientTransformationExtraArgs(init_fn, update_fn), mask)
+    tx = _masking.masked_if(optax.GradientTransformationExtraArgs(init_fn, update_fn), mask)
+    return _chain.tag(tx, "gradient", name)
+
+
+def _is_static_zero(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0
 
 
 class DecoupledWeightDecayState(NamedTuple):
@@ -196,8 +205,8 @@ class DecoupledWeightDecayState(NamedTuple):
 
 
 def decoupled_weight_decay(
-    weight_decay: _base.ScalarOrSchedule = 0.0,
-    mask: _base.MaskOrFn = None,
+    weight_decay: _validation.ScalarOrSchedule = 0.0,
+    mask: _validation.MaskOrFn = None,
     *,
     reference: Any = None,
     cautious: bool = False,
@@ -253,29 +262,26 @@ def decoupled_weight_decay(
     _check_decay_args(weight_decay, mask, reference, cautious, high=1.0)
     name = "decoupled_weight_decay"
 
-    def init_fn(params):
-        return DecoupledWeightDecayState(
-            count=_base.init_count(), reference=_init_reference(reference, params, name)
-        )
+    def init_state(params):
+        return {"reference": _init_reference(reference, params, name)}
 
-    def update_fn(updates, state, params=None, **extra_args):
-        del extra_args
-        _base.require_params(params, name)
-        s = _base.evaluate(weight_decay, state.count)
-        new_state = DecoupledWeightDecayState(_base.increment(state.count), state.reference)
+    def operator(leaf, weight_decay):
+        dt = leaf.x.dtype  # θ + u, in at least float32
+        ref = leaf.state["reference"]
+        d = leaf.theta if ref is None else leaf.theta - ref.astype(dt)
+        decay = jnp.asarray(weight_decay, dt) * d
+        if cautious:
+            decay = jnp.where(leaf.u * d <= 0, decay, jnp.zeros_like(decay))
+        return leaf.x - decay, leaf.state
 
-        def operator(x, p, u, r=None):
-            dt = x.dtype  # θ + u, in at least float32
-            d = p.astype(dt) if r is None else p.astype(dt) - r.astype(dt)
-            decay = jnp.asarray(s, dt) * d
-            if cautious:
-                decay = jnp.where(u.astype(dt) * d <= 0, decay, jnp.zeros_like(decay))
-            return x - decay
-
-        rest = (params, updates) if state.reference is None else (params, updates, state.reference)
-        return _base.post_step_updates(operator, updates, params, *rest), new_state
-
-    return _base.masked_if(optax.GradientTransformationExtraArgs(init_fn, update_fn), mask)
+    return _poststep.transformation(
+        operator,
+        name=name,
+        hyperparams={"weight_decay": weight_decay},
+        mask=mask,
+        init_state=init_state,
+        state_cls=DecoupledWeightDecayState,
+    )
 
 
 _CONVENTIONS = ("paper", "independent", "adamc", "pytorch")
@@ -284,7 +290,7 @@ _CONVENTIONS = ("paper", "independent", "adamc", "pytorch")
 def _peak_learning_rate(learning_rate: Any, peak_value: Any, horizon: int) -> float:
     """η_max: ``peak_value`` if given, the constant lr, or the schedule's max over the horizon."""
     if peak_value is not None:
-        _base.check_scalar("peak_value", peak_value, low=0.0, low_inclusive=False)
+        _validation.check_scalar("peak_value", peak_value, low=0.0, low_inclusive=False)
         return float(peak_value)
     if not callable(learning_rate):
         peak = float(jnp.asarray(learning_rate))
@@ -307,8 +313,8 @@ def _peak_learning_rate(learning_rate: Any, peak_value: Any, horizon: int) -> fl
 
 
 def decay_schedule(
-    weight_decay: _base.ScalarOrSchedule,
-    learning_rate: _base.ScalarOrSchedule,
+    weight_decay: _validation.ScalarOrSchedule,
+    learning_rate: _validation.ScalarOrSchedule,
     convention: str,
     *,
     peak_value: float | None = None,
@@ -366,19 +372,19 @@ def decay_schedule(
       Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
       Defazio et al., "Why Gradients Rapidly Increase Near the End of Training" (AdamC), 2025.
     """
-    _base.check_choice("convention", convention, _CONVENTIONS)
-    _base.check_scalar("weight_decay", weight_decay, low=0.0)
-    _base.check_scalar("learning_rate", learning_rate, low=0.0)
-    horizon = _base.check_int("horizon", horizon, low=1)
+    _validation.check_choice("convention", convention, _CONVENTIONS)
+    _validation.check_scalar("weight_decay", weight_decay, low=0.0)
+    _validation.check_scalar("learning_rate", learning_rate, low=0.0)
+    horizon = _validation.check_int("horizon", horizon, low=1)
     eta_max = None
     if convention in ("paper", "adamc"):
         eta_max = _peak_learning_rate(learning_rate, peak_value, horizon)
 
     def schedule(count):
-        lam = jnp.asarray(_base.evaluate(weight_decay, count))
+        lam = jnp.asarray(_counters.evaluate(weight_decay, count))
         if convention == "independent":
             return lam
-        eta = jnp.asarray(_base.evaluate(learning_rate, count))
+        eta = jnp.asarray(_counters.evaluate(learning_rate, count))
         if convention == "pytorch":
             return lam * eta
         if convention == "paper":

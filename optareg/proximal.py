@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optareg import _base
+from optareg import _chain, _counters, _masking, _numerics, _paths, _poststep, _validation
 from optareg._prox_ops import (
     elastic_net_threshold,
     group_soft_threshold,
@@ -38,7 +38,32 @@ __all__ = [
     "prox_nuclear",
 ]
 
-_STATS = {"zeros_fraction": _base.zeros_fraction}
+_STAT_KEYS = ("zeros_fraction", "penalty")
+
+
+def _stats(penalty):
+    """``zeros_fraction`` and ``penalty = λ_t·R(θ_{t+1})`` over the selected leaves."""
+
+    def fn(leaves, ys, hp):
+        return {"zeros_fraction": _numerics.zeros_fraction(ys), "penalty": penalty(leaves, ys, hp)}
+
+    return _STAT_KEYS, fn
+
+
+def _abs_sum(ys):
+    return sum((jnp.sum(jnp.abs(y), dtype=jnp.float32) for y in ys), jnp.zeros([], jnp.float32))
+
+
+def _sq_sum(ys):
+    return sum((jnp.sum(jnp.square(y), dtype=jnp.float32) for y in ys), jnp.zeros([], jnp.float32))
+
+
+def _l1_penalty(leaves, ys, hp):
+    return hp["l1"] * _abs_sum(ys)
+
+
+def _elastic_net_penalty(leaves, ys, hp):
+    return hp["l1"] * _abs_sum(ys) + 0.5 * hp["l2"] * _sq_sum(ys)
 
 
 def _as(value, dt):
@@ -51,13 +76,15 @@ def _as(value, dt):
 
 
 def _check_lr(learning_rate):
-    _base.check_scalar("learning_rate", learning_rate, low=0.0, low_inclusive=False)
+    _validation.check_scalar("learning_rate", learning_rate, low=0.0, low_inclusive=False)
 
 
 def prox_l1(
-    l1: _base.ScalarOrSchedule,
-    learning_rate: _base.ScalarOrSchedule,
-    mask: _base.MaskOrFn = None,
+    l1: _validation.ScalarOrSchedule,
+    learning_rate: _validation.ScalarOrSchedule,
+    mask: _validation.MaskOrFn = None,
+    *,
+    metrics_every: int = 1,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Proximal step for the L1 penalty ``λ‖θ‖₁`` (soft thresholding after the step).
 
@@ -94,27 +121,31 @@ def prox_l1(
       problems with a sparsity constraint", CPAM, 2004.
       Parikh & Boyd, "Proximal Algorithms", 2014.
     """
-    _base.check_scalar("l1", l1, low=0.0)
+    _validation.check_scalar("l1", l1, low=0.0)
     _check_lr(learning_rate)
-    _base.check_mask("mask", mask)
+    _masking.check_mask("mask", mask)
 
-    def op(x, l1, learning_rate):
+    def op(leaf, l1, learning_rate):
+        x = leaf.x
         return soft_threshold(x, _as(learning_rate, x.dtype) * _as(l1, x.dtype))
 
-    return _base.post_step_transformation(
+    return _poststep.transformation(
         op,
         name="prox_l1",
         hyperparams={"l1": l1, "learning_rate": learning_rate},
         mask=mask,
-        stats=_STATS,
+        stats=_stats(_l1_penalty),
+        metrics_every=metrics_every,
     )
 
 
 def prox_elastic_net(
-    l1: _base.ScalarOrSchedule,
-    l2: _base.ScalarOrSchedule,
-    learning_rate: _base.ScalarOrSchedule,
-    mask: _base.MaskOrFn = None,
+    l1: _validation.ScalarOrSchedule,
+    l2: _validation.ScalarOrSchedule,
+    learning_rate: _validation.ScalarOrSchedule,
+    mask: _validation.MaskOrFn = None,
+    *,
+    metrics_every: int = 1,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Proximal step for the elastic net ``λ₁‖θ‖₁ + (λ₂/2)‖θ‖²``.
 
@@ -148,21 +179,23 @@ def prox_elastic_net(
     References:
       Zou & Hastie, "Regularization and variable selection via the elastic net", JRSS-B, 2005.
     """
-    _base.check_scalar("l1", l1, low=0.0)
-    _base.check_scalar("l2", l2, low=0.0)
+    _validation.check_scalar("l1", l1, low=0.0)
+    _validation.check_scalar("l2", l2, low=0.0)
     _check_lr(learning_rate)
-    _base.check_mask("mask", mask)
+    _masking.check_mask("mask", mask)
 
-    def op(x, l1, l2, learning_rate):
+    def op(leaf, l1, l2, learning_rate):
+        x = leaf.x
         lr = _as(learning_rate, x.dtype)
         return elastic_net_threshold(x, lr * _as(l1, x.dtype), lr * _as(l2, x.dtype))
 
-    return _base.post_step_transformation(
+    return _poststep.transformation(
         op,
         name="prox_elastic_net",
         hyperparams={"l1": l1, "l2": l2, "learning_rate": learning_rate},
         mask=mask,
-        stats=_STATS,
+        stats=_stats(_elastic_net_penalty),
+        metrics_every=metrics_every,
     )
 
 
@@ -178,11 +211,13 @@ def _check_axis(axis):
 
 
 def prox_group_lasso(
-    strength: _base.ScalarOrSchedule,
-    learning_rate: _base.ScalarOrSchedule,
+    strength: _validation.ScalarOrSchedule,
+    learning_rate: _validation.ScalarOrSchedule,
     *,
-    axis: int = -1,
-    mask: _base.MaskOrFn = None,
+    axis: int | None = None,
+    layout: str = "auto",
+    mask: _validation.MaskOrFn = None,
+    metrics_every: int = 1,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Proximal step for the group lasso ``λ Σ_g √|g|·‖θ_g‖`` (whole groups become exact zeros).
 
@@ -233,36 +268,64 @@ def prox_group_lasso(
       Scardapane et al., "Group sparse regularization for deep neural networks",
       Neurocomputing, 2017.
     """
-    _base.check_scalar("strength", strength, low=0.0)
+    _validation.check_scalar("strength", strength, low=0.0)
     _check_lr(learning_rate)
-    axis = _check_axis(axis)
-    _base.check_mask("mask", mask)
+    axis = None if axis is None else _check_axis(axis)
+    layout = _paths.check_layout(layout)
+    _masking.check_mask("mask", mask)
 
-    def op(x, strength, learning_rate):
+    def leaf_axis(x, path):
+        if axis is None:
+            return _paths.unit_axis(layout, path, x.ndim)
+        if not -x.ndim <= axis < x.ndim:
+            raise ValueError(
+                f"prox_group_lasso: `axis`={axis} does not exist on the selected leaf "
+                f"'{path}' of shape {x.shape}; mask that leaf out or choose an axis valid for "
+                "every selected leaf."
+            )
+        return axis
+
+    def op(leaf, strength, learning_rate):
+        x = leaf.x
         tau = _as(learning_rate, x.dtype) * _as(strength, x.dtype)
         if x.ndim == 0:
             return soft_threshold(x, tau)
-        if not -x.ndim <= axis < x.ndim:
-            raise ValueError(
-                f"prox_group_lasso: `axis`={axis} does not exist on a selected leaf of shape "
-                f"{x.shape}; mask that leaf out or choose an axis valid for every selected leaf."
-            )
-        return group_soft_threshold(x, tau, axis)
+        return group_soft_threshold(x, tau, leaf_axis(x, leaf.path))
 
-    return _base.post_step_transformation(
+    def penalty(leaves, ys, hp):
+        total = jnp.zeros([], jnp.float32)
+        for leaf, y in zip(leaves, ys, strict=True):
+            total = total + _group_norm_sum(y, leaf_axis(y, leaf.path) if y.ndim else 0)
+        return hp["strength"] * total
+
+    return _poststep.transformation(
         op,
         name="prox_group_lasso",
         hyperparams={"strength": strength, "learning_rate": learning_rate},
         mask=mask,
-        select=(lambda p: jnp.ndim(p) >= 2) if mask is None else None,
-        stats=_STATS,
+        select=(lambda p, path: jnp.ndim(p) >= 2) if mask is None else None,
+        stats=_stats(penalty),
+        metrics_every=metrics_every,
     )
 
 
+def _group_norm_sum(y: jax.Array, axis: int) -> jax.Array:
+    """``Σ_g √|g|·‖y_g‖`` with groups indexed by ``axis`` (a 0-d leaf: ``|y|``)."""
+    y = y.astype(jnp.float32) if y.dtype != jnp.float64 else y
+    if y.ndim == 0:
+        return jnp.abs(y).astype(jnp.float32)
+    others = tuple(i for i in range(y.ndim) if i != axis % y.ndim)
+    size = y.size // y.shape[axis] if y.shape[axis] else 1
+    norms = jnp.sqrt(jnp.sum(jnp.square(y), axis=others))
+    return (jnp.sqrt(float(size)) * jnp.sum(norms)).astype(jnp.float32)
+
+
 def prox_nuclear(
-    strength: _base.ScalarOrSchedule,
-    learning_rate: _base.ScalarOrSchedule,
-    mask: _base.MaskOrFn = None,
+    strength: _validation.ScalarOrSchedule,
+    learning_rate: _validation.ScalarOrSchedule,
+    mask: _validation.MaskOrFn = None,
+    *,
+    metrics_every: int = 1,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Proximal step for the nuclear norm ``λ‖θ‖_*`` (singular value thresholding; low rank).
 
@@ -302,20 +365,29 @@ def prox_nuclear(
       Cai, Candès & Shen, "A Singular Value Thresholding Algorithm for Matrix Completion",
       SIAM J. Optim., 2010.
     """
-    _base.check_scalar("strength", strength, low=0.0)
+    _validation.check_scalar("strength", strength, low=0.0)
     _check_lr(learning_rate)
-    _base.check_mask("mask", mask)
+    _masking.check_mask("mask", mask)
 
-    def op(x, strength, learning_rate):
+    def op(leaf, strength, learning_rate):
+        x = leaf.x
         return singular_value_threshold(x, _as(learning_rate, x.dtype) * _as(strength, x.dtype))
 
-    return _base.post_step_transformation(
+    def penalty(leaves, ys, hp):
+        total = jnp.zeros([], jnp.float32)
+        for y in ys:
+            s = jnp.linalg.svd(y, compute_uv=False)
+            total = total + jnp.sum(s, dtype=jnp.float32)
+        return hp["strength"] * total
+
+    return _poststep.transformation(
         op,
         name="prox_nuclear",
         hyperparams={"strength": strength, "learning_rate": learning_rate},
         mask=mask,
-        select=lambda p: jnp.ndim(p) >= 2,
-        stats=_STATS,
+        select=lambda p, path: jnp.ndim(p) >= 2,
+        stats=_stats(penalty),
+        metrics_every=metrics_every,
     )
 
 
@@ -344,23 +416,16 @@ class ProxAdamState(NamedTuple):
         return {"prox_adam/zeros_fraction": self.zeros_fraction}
 
 
-def _broadcast_mask(mask, params):
-    """The mask as a bool per params leaf (``True`` everywhere when ``mask`` is None)."""
-    if mask is None:
-        return jax.tree.map(lambda _: True, params)
-    tree = mask(params) if callable(mask) else mask
-    return jax.tree.map(lambda m, p: jax.tree.map(lambda _: bool(m), p), tree, params)
-
-
 def prox_adam(
-    learning_rate: _base.ScalarOrSchedule,
-    l1: _base.ScalarOrSchedule,
+    learning_rate: _validation.ScalarOrSchedule,
+    l1: _validation.ScalarOrSchedule,
     *,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
-    weight_decay: _base.ScalarOrSchedule = 0.0,
-    mask: _base.MaskOrFn = None,
+    weight_decay: _validation.ScalarOrSchedule = 0.0,
+    mask: _validation.MaskOrFn = None,
+    metrics_every: int = 1,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Adam with an L1 prox preconditioned by Adam's second moment (ProxGen / ProxAdam).
 
@@ -417,70 +482,89 @@ def prox_adam(
       Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015.
     """
     _check_lr(learning_rate)
-    _base.check_scalar("l1", l1, low=0.0)
-    _base.check_scalar("b1", b1, low=0.0, high=1.0, high_inclusive=False, allow_schedule=False)
-    _base.check_scalar("b2", b2, low=0.0, high=1.0, high_inclusive=False, allow_schedule=False)
-    _base.check_scalar("eps", eps, low=0.0, allow_schedule=False)
-    _base.check_scalar("weight_decay", weight_decay, low=0.0)
-    _base.check_mask("mask", mask)
+    _validation.check_scalar("l1", l1, low=0.0)
+    _validation.check_scalar(
+        "b1", b1, low=0.0, high=1.0, high_inclusive=False, allow_schedule=False
+    )
+    _validation.check_scalar(
+        "b2", b2, low=0.0, high=1.0, high_inclusive=False, allow_schedule=False
+    )
+    _validation.check_scalar("eps", eps, low=0.0, allow_schedule=False)
+    _validation.check_scalar("weight_decay", weight_decay, low=0.0)
+    _masking.check_mask("mask", mask)
     name = "prox_adam"
 
+    every = _validation.check_metrics_every(metrics_every)
+
     def moment_dtype(p):
-        return _base.compute_dtype(p)
+        return _numerics.compute_dtype(p)
 
     def init_fn(params):
         zf = jnp.zeros([], jnp.float32)
-        if _base.is_params_placeholder(params):  # optax.tree.map_params probing the state
-            return ProxAdamState(_base.init_count(), params, params, zf)
-        _base.check_mask_matches("mask", mask, params)
+        if _validation.is_params_placeholder(params):  # optax.tree.map_params probing the state
+            return ProxAdamState(_counters.init_count(), params, params, zf)
+        _masking.check_mask_matches("mask", mask, params)
         mu = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), moment_dtype(p)), params)
         nu = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), moment_dtype(p)), params)
-        return ProxAdamState(_base.init_count(), mu, nu, zf)
+        return ProxAdamState(_counters.init_count(), mu, nu, zf)
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
-        _base.require_params(params, name)
+        _validation.require_params(params, name)
         count = state.count
-        t = count.astype(jnp.float32) + 1
-        lr = _base.evaluate(learning_rate, count)
-        lam = _base.evaluate(l1, count)
-        wd = _base.evaluate(weight_decay, count)
-        sel = _broadcast_mask(mask, params)
+        hp = {
+            "t": count.astype(jnp.float32) + 1,
+            "lr": _counters.evaluate(learning_rate, count),
+            "lam": _counters.evaluate(l1, count),
+            "wd": _counters.evaluate(weight_decay, count),
+            "b1": b1,
+            "b2": b2,
+            "eps": eps,
+        }
         treedef = jax.tree.structure(params)
-        flat_g = treedef.flatten_up_to(updates)
-        flat_p = treedef.flatten_up_to(params)
-        flat_mu = treedef.flatten_up_to(state.mu)
-        flat_nu = treedef.flatten_up_to(state.nu)
-        flat_sel = treedef.flatten_up_to(sel)
-        new_u, new_mu, new_nu, proxed = [], [], [], []
-        for g, p, m, v, s in zip(flat_g, flat_p, flat_mu, flat_nu, flat_sel, strict=True):
-            dt = m.dtype
-            g32, p32 = g.astype(dt), p.astype(dt)
-            beta1, beta2 = _as(b1, dt), _as(b2, dt)  # 1 − β in dt: same bits if injected
-            m = beta1 * m + (1 - beta1) * g32
-            v = beta2 * v + (1 - beta2) * jnp.square(g32)
-            m_hat = m / (1 - beta1 ** t.astype(dt))
-            v_hat = v / (1 - beta2 ** t.astype(dt))
-            den = jnp.sqrt(v_hat) + _as(eps, dt)
-            pos = ~(den <= 0)  # NaN propagates (a NaN gradient must not zero the weight)
-            safe = jnp.where(pos, den, 1)
-            eta = _as(lr, dt)
-            x = p32 - jnp.where(pos, eta * m_hat / safe, 0)
-            if s:
-                x = x - eta * _as(wd, dt) * p32
-                step_l1 = eta * _as(lam, dt)
-                tau = jnp.where(pos, step_l1 / safe, jnp.where(step_l1 > 0, jnp.inf, 0))
-                x = soft_threshold(x, tau)
-                proxed.append(x)
-            new_u.append((x - p32).astype(g.dtype))
-            new_mu.append(m)
-            new_nu.append(v)
+        flags = _masking.leaf_flags(mask, params, treedef)
+        leaves = zip(
+            *(treedef.flatten_up_to(t) for t in (updates, params, state.mu, state.nu)),
+            flags,
+            strict=True,
+        )
+        outs = [_prox_adam_leaf(g, p, m, v, s, hp) for g, p, m, v, s in leaves]
+        new_u, new_mu, new_nu, proxed = zip(*outs, strict=True) if outs else ((),) * 4
+        zeros = _counters.on_metrics_step(
+            every,
+            count,
+            lambda: _numerics.zeros_fraction([x for x in proxed if x is not None]),
+            state.zeros_fraction,
+        )
         new_state = ProxAdamState(
-            count=_base.increment(count),
+            count=_counters.increment(count),
             mu=treedef.unflatten(new_mu),
             nu=treedef.unflatten(new_nu),
-            zeros_fraction=_base.zeros_fraction(proxed),
+            zeros_fraction=zeros,
         )
         return treedef.unflatten(new_u), new_state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return _chain.tag(optax.GradientTransformationExtraArgs(init_fn, update_fn), "optimizer", name)
+
+
+def _prox_adam_leaf(g, p, m, v, selected, hp):
+    """One leaf of :func:`prox_adam`: ``(update, mu, nu, prox output or None)``."""
+    dt = m.dtype
+    g32, p32 = g.astype(dt), p.astype(dt)
+    beta1, beta2 = _as(hp["b1"], dt), _as(hp["b2"], dt)  # 1 − β in dt: same bits if injected
+    m = beta1 * m + (1 - beta1) * g32
+    v = beta2 * v + (1 - beta2) * jnp.square(g32)
+    m_hat = m / (1 - beta1 ** hp["t"].astype(dt))
+    v_hat = v / (1 - beta2 ** hp["t"].astype(dt))
+    den = jnp.sqrt(v_hat) + _as(hp["eps"], dt)
+    pos = ~(den <= 0)  # NaN propagates (a NaN gradient must not zero the weight)
+    safe = jnp.where(pos, den, 1)
+    eta = _as(hp["lr"], dt)
+    x = p32 - jnp.where(pos, eta * m_hat / safe, 0)
+    if not selected:
+        return (x - p32).astype(g.dtype), m, v, None
+    x = x - eta * _as(hp["wd"], dt) * p32
+    step_l1 = eta * _as(hp["lam"], dt)
+    tau = jnp.where(pos, step_l1 / safe, jnp.where(step_l1 > 0, jnp.inf, 0))
+    x = soft_threshold(x, tau)
+    return (x - p32).astype(g.dtype), m, v, x

@@ -1,0 +1,220 @@
+"""The one path of post-step transforms: ``u' = P(θ + u) − θ``, leaf by leaf.
+
+Every post-step transform (the ``prox_*`` family, ``decoupled_weight_decay``,
+``spectral_clip``, the constraints, ``low_precision_updates``) is a per-leaf *operator* handed
+to :func:`transformation`, which does everything else once:
+
+* the mask (``optax.masked`` semantics, via :func:`optareg._masking.masked_if`) and a static
+  per-leaf ``select`` predicate (e.g. "matrices only");
+* dtypes: ``x = θ + u`` is formed in at least float32, the operator's result ``y`` is returned as
+  the update ``(y − θ)`` cast to the update's (or the parameter's) dtype, so
+  ``optax.apply_updates(θ, u')`` lands on ``y``: exact zeros stay exact;
+* schedules, evaluated on the transform's own int32 counter;
+* per-leaf state (power-iteration vectors, a reference point, a compensation buffer) carried in
+  params-structured trees of the state;
+* statistics, computed on the steps where ``count % metrics_every == 0`` and kept in between,
+  under fixed keys ``"<name>/<stat>"`` read by :func:`optareg.metrics`;
+* the checks: ``params`` given, floating-point parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optareg import _chain, _counters, _masking, _numerics, _paths, _validation
+
+__all__ = ["Leaf", "PostStepState", "transformation"]
+
+
+class Leaf(NamedTuple):
+    """What a post-step operator sees for one leaf (arrays in the compute dtype).
+
+    Attributes:
+      x: ``θ + u``, the parameters the optimizer would land on.
+      theta: ``θ``, the current parameters.
+      u: ``u``, the incoming update.
+      path: the leaf's tree path, ``"dense/kernel"`` (for layout rules and messages).
+      state: this leaf's entries of the per-leaf state fields (``{field: array or None}``).
+    """
+
+    x: jax.Array
+    theta: jax.Array
+    u: jax.Array
+    path: str
+    state: dict[str, Any]
+
+
+class PostStepState(NamedTuple):
+    """State of a post-step transform without per-leaf state.
+
+    Attributes:
+      count: int32 step counter of shape ``()`` on which the schedules are evaluated.
+      stats: scalar statistics of the last metrics step, keyed ``"<name>/<stat>"`` (float32),
+        read with :func:`optareg.metrics`.
+    """
+
+    count: jax.Array  # int32, shape ()
+    stats: dict[str, jax.Array]
+
+    def optareg_metrics(self) -> dict[str, jax.Array]:
+        return dict(self.stats)
+
+
+Operator = Callable[..., Any]
+StatsFn = Callable[[Sequence[Leaf], Sequence[jax.Array], Mapping[str, Any]], Mapping[str, Any]]
+
+
+def _is_none(x: Any) -> bool:
+    return x is None
+
+
+def _check_float_params(params: Any, name: str) -> None:
+    for path, p in jax.tree_util.tree_flatten_with_path(params)[0]:
+        dtype = jnp.result_type(p)
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            raise TypeError(
+                f"{name}: the parameter at '{_paths.path_str(path) or '<root>'}' has dtype "
+                f"{dtype}; post-step transforms act on floating-point parameters only. Mask "
+                "that leaf out (`mask=`) or keep it out of the optimized tree."
+            )
+
+
+def _flatten_field(treedef: Any, tree: Any) -> list[Any]:
+    """A per-leaf state field flattened like the updates (a ``None`` field: ``None`` per leaf)."""
+    if tree is None:
+        return [None] * treedef.num_leaves
+    return treedef.flatten_up_to(tree)
+
+
+def _empty_stats(name: str, keys: Sequence[str]) -> dict[str, jax.Array]:
+    return {f"{name}/{k}": jnp.zeros([], jnp.float32) for k in keys}
+
+
+def _leaf_update(operator, u, p, path, leaf_state, hp, update_dtype, stateful):
+    """``(u', y, new_leaf_state, leaf)`` for one selected leaf."""
+    dt = _numerics.compute_dtype(p, u)
+    theta, step = p.astype(dt), u.astype(dt)
+    leaf = Leaf(theta + step, theta, step, path, leaf_state)
+    out = operator(leaf, **hp)
+    y, new_state = out if stateful else (out, leaf_state)
+    target = p.dtype if update_dtype == "param" else u.dtype
+    new_u = (y.astype(dt) - theta).astype(target)
+    return new_u, y, new_state, leaf
+
+
+def transformation(
+    operator: Operator,
+    *,
+    name: str,
+    hyperparams: Mapping[str, optax.ScalarOrSchedule] | None = None,
+    mask: Any = None,
+    select: Callable[[jax.Array, str], bool] | None = None,
+    init_state: Callable[[Any], Mapping[str, Any]] | None = None,
+    state_cls: type | None = None,
+    stats: tuple[Sequence[str], StatsFn] | None = None,
+    metrics_every: int = 1,
+    update_dtype: str = "update",
+    kind: str = "post_step",
+) -> optax.GradientTransformationExtraArgs:
+    """Turn a per-leaf operator into a post-step ``optax`` transform (the one shared path).
+
+    Args:
+      operator: ``operator(leaf: Leaf, **hp) -> y`` (or ``(y, new_leaf_state)`` when
+        ``init_state`` is given), where ``hp`` holds the current values of ``hyperparams``.
+      name: the transform's name: error messages and the metrics prefix.
+      hyperparams: name → constant or schedule, evaluated on the transform's counter.
+      mask: optax mask; the transform is wrapped in ``optax.masked`` when given.
+      select: static predicate ``select(param_leaf, path)``; rejected leaves pass through.
+      init_state: ``init_state(params) -> {field: params-structured tree}`` (``None`` entries
+        for leaves without state); the fields are stored in ``state_cls``.
+      state_cls: the state NamedTuple, with fields ``count``, the ``init_state`` fields and,
+        when ``stats`` is given, ``stats``. Default :class:`PostStepState`.
+      stats: ``(keys, fn)``: ``fn(leaves, ys, hp) -> {key: scalar}`` over the selected leaves,
+        computed every ``metrics_every`` steps and recorded as ``"<name>/<key>"``.
+      metrics_every: compute the statistics when ``count % metrics_every == 0``.
+      update_dtype: ``"update"`` (return updates in the incoming update's dtype) or
+        ``"param"`` (in the parameter's dtype).
+      kind: the chain kind recorded for :func:`optareg.chain`.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``.
+    """
+    hyperparams = dict(hyperparams or {})
+    stat_keys, stats_fn = stats if stats is not None else ((), None)
+    state_cls = state_cls or PostStepState
+    stateful = init_state is not None
+    every = _validation.check_metrics_every(metrics_every)
+
+    def make_state(count, fields, stat_values):
+        extra = {"stats": stat_values} if "stats" in state_cls._fields else {}
+        return state_cls(count=count, **fields, **extra)
+
+    def init_fn(params):
+        placeholder = _validation.is_params_placeholder(params)
+        if not placeholder:
+            _check_float_params(params, name)
+        fields = dict(init_state(params)) if stateful else {}
+        return make_state(_counters.init_count(), fields, _empty_stats(name, stat_keys))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        _validation.require_params(params, name)
+        hp = {k: _counters.evaluate(v, state.count) for k, v in hyperparams.items()}
+        treedef = jax.tree.structure(updates, is_leaf=_is_none)
+        fields = {f: _flatten_field(treedef, getattr(state, f)) for f in _field_names()}
+        flat_u, flat_p = treedef.flatten_up_to(updates), treedef.flatten_up_to(params)
+        paths = _paths.leaf_paths(params, treedef)
+        new_u, new_fields, leaves, ys = (
+            list(flat_u),
+            {f: list(v) for f, v in fields.items()},
+            [],
+            [],
+        )
+        for i, (u, p, path) in enumerate(zip(flat_u, flat_p, paths, strict=True)):
+            if u is None or (select is not None and not select(p, path)):
+                continue
+            leaf_state = {f: v[i] for f, v in fields.items()}
+            new_u[i], y, leaf_state, leaf = _leaf_update(
+                operator, u, p, path, leaf_state, hp, update_dtype, stateful
+            )
+            for f in new_fields:
+                new_fields[f][i] = leaf_state[f]
+            leaves.append(leaf), ys.append(y)
+        stat_values = _stats_of(state, leaves, ys, hp)
+        tree_fields = {
+            f: None if getattr(state, f) is None else treedef.unflatten(v)
+            for f, v in new_fields.items()
+        }
+        count = _counters.increment(state.count)
+        return treedef.unflatten(new_u), make_state(count, tree_fields, stat_values)
+
+    def _field_names():
+        return [f for f in state_cls._fields if f not in ("count", "stats")]
+
+    def _stats_of(state, leaves, ys, hp):
+        if stats_fn is None:
+            return _empty_stats(name, ())
+        previous = state.stats
+
+        def compute():
+            values = stats_fn(leaves, ys, hp)
+            return {f"{name}/{k}": jnp.asarray(values[k], jnp.float32) for k in stat_keys}
+
+        return _counters.on_metrics_step(every, state.count, compute, previous)
+
+    tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return _chain.tag(_masking.masked_if(tx, mask), kind, name)
+
+
+def map_with_paths(fn: Callable[[Any, str], Any], params: Any) -> Any:
+    """``fn(leaf, path)`` on every leaf of ``params`` (``None`` leaves stay ``None``)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, p: None if p is None else fn(p, _paths.path_str(path)),
+        params,
+        is_leaf=_is_none,
+    )

@@ -1,0 +1,172 @@
+"""Argument validation: a bad argument is an error at construction, never a NaN later.
+
+Every error names the argument, the allowed range and, where there is one, the fix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+ScalarOrSchedule = optax.ScalarOrSchedule
+MaskOrFn = Any  # a pytree (or prefix) of bools, or a callable params -> such a pytree
+
+NO_PARAMS_MSG = (
+    "{name}: `params` is None. This transform needs the current parameters: call "
+    "`tx.update(updates, state, params)`. Post-step transforms also go last in `optax.chain`."
+)
+
+__all__ = [
+    "NO_PARAMS_MSG",
+    "MaskOrFn",
+    "ScalarOrSchedule",
+    "check_bool",
+    "check_choice",
+    "check_int",
+    "check_metrics_every",
+    "check_scalar",
+    "is_concrete",
+    "is_params_placeholder",
+    "require_params",
+]
+
+
+def is_concrete(value: Any) -> bool:
+    """True when ``value`` can be read as a Python number now (not a tracer)."""
+    if isinstance(value, jax.core.Tracer):
+        return False
+    try:
+        float(jnp.asarray(value).reshape(-1)[0]) if jnp.size(value) else None
+    except (jax.errors.ConcretizationTypeError, TypeError):
+        return False
+    return True
+
+
+def _describe_range(low, high, low_inclusive, high_inclusive) -> str:
+    parts = []
+    if low is not None:
+        parts.append(f"{'>=' if low_inclusive else '>'} {low}")
+    if high is not None:
+        parts.append(f"{'<=' if high_inclusive else '<'} {high}")
+    return "a finite number " + " and ".join(parts) if parts else "a finite number"
+
+
+def _check_number(name, x, low, high, low_inclusive, high_inclusive, where=""):
+    allowed = _describe_range(low, high, low_inclusive, high_inclusive)
+    arr = jnp.asarray(x)
+    if arr.ndim != 0:
+        raise ValueError(f"`{name}` must be a scalar{where}; got an array of shape {arr.shape}.")
+    v = float(arr)
+    bad = not math.isfinite(v)
+    if low is not None and (v < low or (v == low and not low_inclusive)):
+        bad = True
+    if high is not None and (v > high or (v == high and not high_inclusive)):
+        bad = True
+    if bad:
+        raise ValueError(f"`{name}` must be {allowed}{where}; got {v!r}.")
+
+
+def check_scalar(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = 0.0,
+    high: float | None = None,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+    allow_schedule: bool = True,
+) -> None:
+    """Validate a strength, learning rate or other real hyperparameter at construction.
+
+    Constants (Python numbers, NumPy or concrete JAX scalars) are checked now. A schedule is
+    checked by evaluating it at step 0, when that gives a concrete number (a value equal to an
+    exclusive lower bound is allowed there, for warmups that start at 0); values at later steps
+    are the schedule's responsibility. Traced values (``optax.inject_hyperparams`` under ``jit``)
+    cannot be checked and are accepted.
+
+    Raises:
+      TypeError: ``value`` is neither a number nor (where allowed) a callable schedule.
+      ValueError: ``value`` is outside the allowed range, NaN or infinite. The message names the
+        argument and the allowed range.
+    """
+    if callable(value):
+        if not allow_schedule:
+            raise TypeError(f"`{name}` must be a number, not a schedule; got {value!r}.")
+        try:
+            v0 = value(jnp.zeros([], jnp.int32))
+        except Exception as e:  # noqa: BLE001 - any failure here is the user's schedule
+            raise ValueError(f"`{name}` is a schedule that fails at step 0: {e}") from e
+        if is_concrete(v0):
+            # A schedule may start at the bound (a warmup from 0); it may not start beyond it.
+            _check_number(name, v0, low, high, True, high_inclusive, " (schedule at step 0)")
+        return
+    if isinstance(value, (bool, str, bytes)) or value is None:
+        raise TypeError(
+            f"`{name}` must be a number{' or a schedule' if allow_schedule else ''}; "
+            f"got {type(value).__name__} {value!r}."
+        )
+    if isinstance(value, jax.core.Tracer):
+        return
+    try:
+        arr = jnp.asarray(value)
+    except TypeError as e:
+        raise TypeError(f"`{name}` must be a number; got {type(value).__name__}.") from e
+    if not jnp.issubdtype(arr.dtype, jnp.number):
+        raise TypeError(f"`{name}` must be a real number; got dtype {arr.dtype}.")
+    if not is_concrete(arr):
+        return
+    _check_number(name, arr, low, high, low_inclusive, high_inclusive)
+
+
+def check_int(name: str, value: Any, *, low: int | None = 0, high: int | None = None) -> int:
+    """Validate an integer hyperparameter (number of iterations, patience, period)."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"`{name}` must be an integer; got {type(value).__name__} {value!r}.")
+    v = int(value.__index__())
+    if (low is not None and v < low) or (high is not None and v > high):
+        rng = " and ".join(
+            p for p in (f">= {low}" if low is not None else "", f"<= {high}" if high else "") if p
+        )
+        raise ValueError(f"`{name}` must be an integer {rng}; got {v}.")
+    return v
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """Validate a method / norm / mode name against the allowed strings."""
+    if not isinstance(value, str) or value not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"`{name}` must be one of {allowed}; got {value!r}.")
+    return value
+
+
+def is_params_placeholder(x: Any) -> bool:
+    """True for the placeholder that ``optax.tree.map_params`` passes to ``init``."""
+    return type(x).__name__ == "_ParamsPlaceholder"
+
+
+def require_params(params: Any, name: str) -> None:
+    """Raise the standard error when a transform that needs params got none."""
+    if params is None:
+        raise ValueError(NO_PARAMS_MSG.format(name=name))
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Validate a flag: a Python bool, nothing else."""
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a bool; got {type(value).__name__} {value!r}.")
+    return value
+
+
+def check_metrics_every(value: Any) -> int:
+    """Validate ``metrics_every``: a static int >= 1 (a static arg of ``inject_hyperparams``)."""
+    if isinstance(value, jax.core.Tracer):
+        raise TypeError(
+            "`metrics_every` must be a static Python int, not a traced value; with "
+            "`optax.inject_hyperparams` pass `static_args=('metrics_every',)`."
+        )
+    return check_int("metrics_every", value, low=1)
