@@ -1,18 +1,30 @@
 """optareg: regularizers as composable Optax gradient transformations.
 
 Every regularizer is an ``optax.GradientTransformation`` that chains with the standard optimizers,
-jit-compiles and runs unchanged on CPU, GPU, TPU and sharded meshes. Three kinds:
+jit-compiles and runs unchanged on CPU, GPU, TPU and sharded meshes. The kinds:
 
-* gradient-side (before the learning rate): :func:`add_decayed_weights`;
+* gradient-side (before the learning rate): :func:`add_decayed_weights`, :func:`add_penalty`
+  (ready penalties in :mod:`optareg.penalties`);
 * post-step (last in the chain, returns ``P(θ + u) − θ``): :func:`decoupled_weight_decay`,
-  the ``prox_*`` family, :func:`spectral_clip`;
+  the ``prox_*`` family, :func:`spectral_clip`, the constraints :func:`max_norm`,
+  :func:`unit_norm`, :func:`non_neg`, :func:`project`;
 * extra-args (first in the chain, needs ``grad_fn``): :func:`sam_perturb`.
+* final (the very last): :func:`low_precision_updates`, so that bfloat16 / float16
+  parameters take every step (Kahan or stochastic rounding).
 
 Diagnostics (:func:`track`, :func:`metrics`) and :func:`early_stopping` make them visible.
 """
 
-from optareg import masks, operators
+from optareg import masks, operators, penalties
 from optareg._chain import chain
+from optareg.constraints import (
+    AddPenaltyState,
+    add_penalty,
+    max_norm,
+    non_neg,
+    project,
+    unit_norm,
+)
 from optareg.decay import (
     AddDecayedWeightsState,
     DecoupledWeightDecayState,
@@ -22,6 +34,7 @@ from optareg.decay import (
 )
 from optareg.diagnostics import TrackState, metrics, track
 from optareg.early_stopping import EarlyStopping, EarlyStoppingState, early_stopping
+from optareg.low_precision import LowPrecisionState, low_precision_updates
 from optareg.proximal import (
     ProxAdamState,
     prox_adam,
@@ -31,27 +44,37 @@ from optareg.proximal import (
     prox_nuclear,
 )
 from optareg.sam import SamPerturbState, sam_perturb
+from optareg.nnx_utils import sam_grad_fn as nnx_sam_grad_fn
 from optareg.spectral import SpectralClipState, spectral_clip, spectral_norms
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AddDecayedWeightsState",
+    "AddPenaltyState",
     "DecoupledWeightDecayState",
     "EarlyStopping",
     "EarlyStoppingState",
+    "LowPrecisionState",
     "ProxAdamState",
     "SamPerturbState",
     "SpectralClipState",
     "TrackState",
     "add_decayed_weights",
+    "add_penalty",
     "chain",
     "decay_schedule",
     "decoupled_weight_decay",
     "early_stopping",
+    "low_precision_updates",
     "masks",
+    "max_norm",
     "metrics",
+    "nnx_sam_grad_fn",
+    "non_neg",
     "operators",
+    "penalties",
+    "project",
     "prox_adam",
     "prox_elastic_net",
     "prox_group_lasso",
@@ -61,4 +84,5 @@ __all__ = [
     "spectral_clip",
     "spectral_norms",
     "track",
+    "unit_norm",
 ]

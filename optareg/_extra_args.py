@@ -21,6 +21,7 @@ from optareg import _numerics
 __all__ = [
     "call_grad_fn",
     "check_not_nested",
+    "hessian_vector_product",
     "require_grad_fn",
     "tree_cos",
     "tree_dot",
@@ -66,6 +67,47 @@ def call_grad_fn(grad_fn: Callable, params: Any, like: Any, name: str) -> Any:
 
 def _is_none(x: Any) -> bool:
     return x is None
+
+
+def hessian_vector_product(
+    grad_fn: Callable,
+    params: Any,
+    vectors: Sequence[jax.Array],
+    select: Sequence[bool],
+    name: str,
+) -> list[jax.Array]:
+    """``H_SS·v``: the Hessian block of the selected leaves ``S`` times ``v``, the others fixed.
+
+    Forward-over-reverse: ``jax.jvp`` of ``grad_fn`` (checked by :func:`call_grad_fn`) with
+    respect to the selected leaves only, ``∂/∂t grad_fn(θ + t·v)|_{t=0}`` restricted to ``S``.
+    The tangents are cast to the dtype of their leaf (``jax.jvp`` requires it); the products
+    come back in their compute dtype (at least float32).
+
+    Args:
+      grad_fn: ``params -> grads``.
+      params: the point ``θ`` (any pytree).
+      vectors: one array per selected leaf, in leaf order.
+      select: one Python bool per leaf of ``params`` (True = in the block).
+      name: the transform's name, for error messages.
+
+    Returns:
+      The selected leaves of ``H·v``, one array per selected leaf.
+    """
+    leaves, treedef = jax.tree.flatten(params)
+    idx = [i for i, s in enumerate(select) if s]
+
+    def selected_grad(sub):
+        full = list(leaves)
+        for j, i in enumerate(idx):
+            full[i] = sub[j]
+        grads = call_grad_fn(grad_fn, treedef.unflatten(full), params, name)
+        g_leaves = treedef.flatten_up_to(grads)
+        return [g_leaves[i] for i in idx]
+
+    primals = [leaves[i] for i in idx]
+    tangents = [v.astype(p.dtype) for v, p in zip(vectors, primals, strict=True)]
+    _, out = jax.jvp(selected_grad, (primals,), (tangents,))
+    return [_numerics.upcast(o) for o in out]
 
 
 _NESTING = {

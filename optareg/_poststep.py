@@ -40,6 +40,8 @@ class Leaf(NamedTuple):
       u: ``u``, the incoming update.
       path: the leaf's tree path, ``"dense/kernel"`` (for layout rules and messages).
       state: this leaf's entries of the per-leaf state fields (``{field: array or None}``).
+      param: the parameter leaf as given, in its own dtype (not upcast; e.g. bfloat16).
+      index: the leaf's position among the leaves of the updates tree (per-leaf random keys).
     """
 
     x: jax.Array
@@ -47,6 +49,8 @@ class Leaf(NamedTuple):
     u: jax.Array
     path: str
     state: dict[str, Any]
+    param: Any = None
+    index: int = -1
 
 
 class PostStepState(NamedTuple):
@@ -95,14 +99,16 @@ def _empty_stats(name: str, keys: Sequence[str]) -> dict[str, jax.Array]:
     return {f"{name}/{k}": jnp.zeros([], jnp.float32) for k in keys}
 
 
-def _leaf_update(operator, u, p, path, leaf_state, hp, update_dtype, stateful):
+def _leaf_update(operator, u, p, path, leaf_state, hp, update_dtype, stateful, index, returns):
     """``(u', y, new_leaf_state, leaf)`` for one selected leaf."""
     dt = _numerics.compute_dtype(p, u)
     theta, step = p.astype(dt), u.astype(dt)
-    leaf = Leaf(theta + step, theta, step, path, leaf_state)
+    leaf = Leaf(theta + step, theta, step, path, leaf_state, p, index)
     out = operator(leaf, **hp)
     y, new_state = out if stateful else (out, leaf_state)
     target = p.dtype if update_dtype == "param" else u.dtype
+    if returns == "update":  # the operator chose u' itself (e.g. so that θ + u' is exact)
+        return y.astype(target), y, new_state, leaf
     new_u = (y.astype(dt) - theta).astype(target)
     return new_u, y, new_state, leaf
 
@@ -120,6 +126,7 @@ def transformation(
     metrics_every: int = 1,
     update_dtype: str = "update",
     kind: str = "post_step",
+    returns: str = "target",
 ) -> optax.GradientTransformationExtraArgs:
     """Turn a per-leaf operator into a post-step ``optax`` transform (the one shared path).
 
@@ -140,6 +147,9 @@ def transformation(
       update_dtype: ``"update"`` (return updates in the incoming update's dtype) or
         ``"param"`` (in the parameter's dtype).
       kind: the chain kind recorded for :func:`optareg.chain`.
+      returns: ``"target"`` (the operator returns ``y = P(θ + u)``; the update is ``y − θ``) or
+        ``"update"`` (it returns the update ``u'`` itself, cast to the ``update_dtype``; the
+        statistics then see ``u'`` as ``y``).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
@@ -149,6 +159,7 @@ def transformation(
     state_cls = state_cls or PostStepState
     stateful = init_state is not None
     every = _validation.check_metrics_every(metrics_every)
+    _validation.check_choice("returns", returns, ("target", "update"))
 
     def make_state(count, fields, stat_values):
         extra = {"stats": stat_values} if "stats" in state_cls._fields else {}
@@ -180,7 +191,7 @@ def transformation(
                 continue
             leaf_state = {f: v[i] for f, v in fields.items()}
             new_u[i], y, leaf_state, leaf = _leaf_update(
-                operator, u, p, path, leaf_state, hp, update_dtype, stateful
+                operator, u, p, path, leaf_state, hp, update_dtype, stateful, i, returns
             )
             for f in new_fields:
                 new_fields[f][i] = leaf_state[f]

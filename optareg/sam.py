@@ -1,25 +1,43 @@
-"""Sharpness-aware minimization (SAM) as one extra-args transform that goes first in a chain."""
+"""Sharpness-aware minimization (SAM) as one extra-args transform that goes first in a chain.
+
+Built in layers, each small enough to test on its own:
+
+1. per-norm perturbations ``ε`` (:func:`perturb_l2`, :func:`perturb_linf`,
+   :func:`perturb_adaptive_l2`, :func:`perturb_adaptive_linf`), chosen at construction;
+2. :func:`_reject`, "remove the component of ``a`` along ``b̂``", shared by GSAM's correction and
+   LookSAM's stored direction; :func:`_looksam_reuse`, the step that reuses that direction;
+3. :func:`_full_step` (one ``grad_fn`` call) and :func:`_update`, which picks the full or the
+   reuse step and records the metrics; ``sam_perturb``'s ``update_fn`` only checks its inputs.
+
+The grad_fn plumbing (``require_grad_fn``, ``call_grad_fn``, ``check_not_nested``) and the
+float32 tree arithmetic live in :mod:`optareg._extra_args`, shared with ``sharpness_monitor``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from optareg import _base
+from optareg import _chain, _counters, _extra_args, _masking, _numerics, _validation
+from optareg._extra_args import tree_cos, tree_dot, tree_norm, tree_scale
+from optareg._numerics import safe_inv, upcast
 
-__all__ = ["SamPerturbState", "sam_perturb"]
+__all__ = [
+    "SamPerturbState",
+    "perturb_adaptive_l2",
+    "perturb_adaptive_linf",
+    "perturb_l2",
+    "perturb_linf",
+    "sam_perturb",
+]
 
 _NAME = "sam_perturb"
 
-_NO_GRAD_FN_MSG = (
-    "sam_perturb: `grad_fn` is missing. SAM needs the gradient at the perturbed weights: call "
-    "`tx.update(grads, state, params, grad_fn=lambda p: jax.grad(loss)(p, batch))`, closing over "
-    "the same batch (and RNG) that gave `grads`. `optax.chain` forwards the keyword."
-)
+Leaves = Sequence[jax.Array]
 
 
 class SamPerturbState(NamedTuple):
@@ -28,13 +46,18 @@ class SamPerturbState(NamedTuple):
     Attributes:
       count: int32 step counter of shape ``()``; a ``rho`` schedule is evaluated on it and, with
         ``reuse_every=k > 1``, the steps with ``count % k == 0`` are the full SAM steps.
-      grad_norm: float32 ``‖g‖`` of the incoming gradient of the last step (all leaves).
+      grad_norm: float32 ``‖g‖`` of the incoming gradient (all leaves), from the last step whose
+        ``count % metrics_every == 0``.
       perturbed_grad_norm: float32 ``‖g_p‖``, the norm of the gradient at ``θ + ε`` of the last
-        full step (carried over on LookSAM reuse steps, which compute no ``g_p``).
-      cos: float32 cosine between the incoming gradient and the returned one, last step
-        (0 when either is zero).
+        full step (carried over on LookSAM reuse steps, which compute no ``g_p``) whose
+        ``count % metrics_every == 0``.
+      cos: float32 cosine between the incoming gradient and the returned one, from the last
+        step whose ``count % metrics_every == 0`` (0 when either is zero).
       g_v: LookSAM's stored direction ``g_v`` (params-shaped, dtype of the gradients) when
         ``reuse_every > 1``; ``None`` otherwise. Its presence is fixed at construction.
+
+    The three scalars are float32 also under ``jax_enable_x64``: every field keeps its dtype and
+    shape across updates (``jax.lax.scan`` / ``jax.lax.cond`` carry it unchanged).
     """
 
     count: jax.Array  # int32, shape ()
@@ -51,48 +74,237 @@ class SamPerturbState(NamedTuple):
         }
 
 
+def _metric(x: jax.Array) -> jax.Array:
+    """A state scalar: float32 whatever the compute dtype (float64 under x64)."""
+    return jnp.asarray(x).astype(jnp.float32)
+
+
 # ---------------------------------------------------------------------------------------------
-# small float32 helpers over lists of leaves
+# 1. per-norm perturbations: ε per leaf, in compute dtype, zeros for the masked-out leaves
 # ---------------------------------------------------------------------------------------------
 
 
-def _f32(x: jax.Array) -> jax.Array:
-    return x.astype(_base.compute_dtype(x))
+def _place(g: Leaves, sel: Sequence[bool], values: Leaves) -> list[jax.Array]:
+    """``values`` at the selected leaves (in order), compute-dtype zeros elsewhere."""
+    out = [jnp.zeros(jnp.shape(x), _numerics.compute_dtype(x)) for x in g]
+    for i, v in zip([i for i, s in enumerate(sel) if s], values, strict=True):
+        out[i] = v
+    return out
 
 
-def _dot(xs, ys) -> jax.Array:
-    total = jnp.zeros([], jnp.float32)
-    for x, y in zip(xs, ys, strict=True):
-        total = total + jnp.sum(_f32(x) * _f32(y))
-    return total
+def _pick(xs: Leaves, sel: Sequence[bool]) -> list[jax.Array]:
+    return [x for x, s in zip(xs, sel, strict=True) if s]
 
 
-def _scale(xs) -> jax.Array:
-    """A power of two >= the largest |entry| over all leaves (1 for none / all zero)."""
-    maxes = [jnp.max(jnp.abs(_f32(x))) for x in xs if x.size]
-    if not maxes:
-        return jnp.ones([], jnp.float32)
-    return _base.pow2_scale(jnp.max(jnp.stack(maxes)))
+def perturb_l2(g: Leaves, p: Leaves, sel: Sequence[bool], rho, eta, eps) -> list[jax.Array]:
+    """``ε = ρ·g/(‖g‖ + eps)`` with the global norm over the selected leaves (0 for ``g = 0``)."""
+    del p, eta
+    chosen = _pick(g, sel)
+    scale = rho * safe_inv(tree_norm(chosen), eps)
+    return _place(g, sel, [scale * upcast(x) for x in chosen])
 
 
-def _norm(xs) -> jax.Array:
-    """Global norm, overflow-safe: ``s·‖x/s‖`` (bit-identical to ``√Σx²`` in the normal range;
-    ``+inf`` only when the exact norm exceeds float32's range)."""
-    s = _scale(xs)
-    return jnp.sqrt(_dot([_f32(x) / s for x in xs], [_f32(x) / s for x in xs])) * s
+def perturb_linf(g: Leaves, p: Leaves, sel: Sequence[bool], rho, eta, eps) -> list[jax.Array]:
+    """``ε = ρ·sign(g)`` on the selected leaves."""
+    del p, eta, eps
+    return _place(g, sel, [rho * jnp.sign(upcast(x)) for x in _pick(g, sel)])
 
 
-def _cos(xs, ys) -> jax.Array:
-    """Cosine of two trees, computed on ``x/s_x`` and ``y/s_y`` (no overflow; 0 if either is 0)."""
-    sx, sy = _scale(xs), _scale(ys)
-    xs = [_f32(x) / sx for x in xs]
-    ys = [_f32(y) / sy for y in ys]
-    return _dot(xs, ys) * _safe_inv(jnp.sqrt(_dot(xs, xs)) * jnp.sqrt(_dot(ys, ys)))
+def perturb_adaptive_l2(
+    g: Leaves, p: Leaves, sel: Sequence[bool], rho, eta, eps
+) -> list[jax.Array]:
+    """ASAM: ``ε = ρ·T²g/(‖Tg‖ + eps)``, ``T = |θ| + η_a``.
+
+    Computed with ``g/s`` (``s`` a power of two ``>= max|g|``) so that ``Tg`` and ``T²g`` cannot
+    overflow; ``eps/s`` keeps ``ρ/(‖Tg‖ + eps)`` exactly.
+    """
+    chosen = _pick(g, sel)
+    s = tree_scale(chosen)
+    t = [jnp.abs(upcast(q)) + eta for q in _pick(p, sel)]
+    tg = [ti * (upcast(x) / s) for ti, x in zip(t, chosen, strict=True)]
+    scale = rho * safe_inv(tree_norm(tg), eps / s)
+    return _place(g, sel, [ti * (scale * y) for ti, y in zip(t, tg, strict=True)])
 
 
-def _safe_inv(n: jax.Array, eps: Any = 0.0) -> jax.Array:
-    """``1/(n + eps)`` where ``n > 0``, else 0: a zero vector is never divided by zero."""
-    return jnp.where(n > 0, 1.0 / (n + eps), 0.0)
+def perturb_adaptive_linf(
+    g: Leaves, p: Leaves, sel: Sequence[bool], rho, eta, eps
+) -> list[jax.Array]:
+    """ASAM in the l∞ ball: ``ε = ρ·T·sign(g)``, ``T = |θ| + η_a``."""
+    del eps
+    values = [
+        rho * jnp.sign(upcast(x)) * (jnp.abs(upcast(q)) + eta)
+        for x, q in zip(_pick(g, sel), _pick(p, sel), strict=True)
+    ]
+    return _place(g, sel, values)
+
+
+_PERTURBATIONS = {
+    ("l2", False): perturb_l2,
+    ("linf", False): perturb_linf,
+    ("l2", True): perturb_adaptive_l2,
+    ("linf", True): perturb_adaptive_linf,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. GSAM / LookSAM building blocks
+# ---------------------------------------------------------------------------------------------
+
+
+def _reject(a: Leaves, b: Leaves, inv_b_norm: jax.Array) -> list[jax.Array]:
+    """``a − (a·b̂)b̂`` with ``b̂ = b·inv_b_norm``: the part of ``a`` orthogonal to ``b``.
+
+    Computed in units of ``s`` (a power of two ``>= max|a|``), so the dot product cannot
+    overflow; the result is in compute dtype. GSAM uses it with ``(a, b) = (g, g_p)``, LookSAM
+    with ``(g_p, g)``.
+    """
+    s = tree_scale(a)
+    hat = [upcast(x) * inv_b_norm for x in b]
+    a_s = [upcast(x) / s for x in a]
+    proj = tree_dot(a_s, hat)
+    return [s * (x - proj * h) for x, h in zip(a_s, hat, strict=True)]
+
+
+def _gsam(g: Leaves, gp: Leaves, gp_norm: jax.Array, alpha) -> list[jax.Array]:
+    """GSAM: ``g_out = g_p − α·(g − (g·ĝ_p)ĝ_p)``, in the gradients' dtype."""
+    ortho = _reject(g, gp, safe_inv(gp_norm))
+    return [(upcast(x) - alpha * o).astype(y.dtype) for x, o, y in zip(gp, ortho, g, strict=True)]
+
+
+def _looksam_direction(g: Leaves, gp: Leaves, g_norm: jax.Array, like: Leaves) -> list:
+    """LookSAM's stored direction ``g_v = g_p − (g_p·ĝ)ĝ``, in the dtypes of ``like``."""
+    gv = _reject(gp, g, safe_inv(g_norm))
+    return [v.astype(w.dtype) for v, w in zip(gv, like, strict=True)]
+
+
+def _looksam_reuse(g: Leaves, gv: Leaves, g_norm: jax.Array, alpha) -> list[jax.Array]:
+    """A LookSAM reuse step (no ``grad_fn`` call): ``g + α·(‖g‖/‖g_v‖)·g_v``."""
+    inv_v = safe_inv(tree_norm(gv))
+    weight = alpha * g_norm
+    return [
+        (upcast(x) + weight * (upcast(v) * inv_v)).astype(x.dtype)
+        for x, v in zip(g, gv, strict=True)
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. one update
+# ---------------------------------------------------------------------------------------------
+
+
+class _Config(NamedTuple):
+    """What ``sam_perturb`` fixed at construction."""
+
+    perturb: Callable
+    hyper: tuple  # (rho, adaptive_eta, gsam_alpha, reuse_alpha, eps): constants or schedules
+    gsam: bool  # False when gsam_alpha is a static 0: no GSAM arithmetic is traced
+    mask: Any
+    period: Any  # reuse_every: a Python int, or a tracer under inject_hyperparams
+    every: Any  # metrics_every: a Python int, or a tracer under inject_hyperparams
+
+
+class _Hyper(NamedTuple):
+    rho: Any
+    eta: Any
+    alpha: Any
+    reuse_alpha: Any
+    eps: Any
+
+
+class _Inputs(NamedTuple):
+    """One update's flattened inputs."""
+
+    treedef: Any
+    g: list
+    p: list
+    sel: list
+    hp: _Hyper
+    on: jax.Array  # rho > 0; rho == 0 disables the GSAM / LookSAM corrections too
+    g_norm: Any  # ‖g‖, computed up front only when LookSAM needs it
+
+
+def _on_metrics(every: Any, count: jax.Array, compute: Callable, previous: Any) -> Any:
+    """:func:`_counters.on_metrics_step`, also for a traced ``metrics_every``."""
+    if isinstance(every, int):
+        return _counters.on_metrics_step(every, count, compute, previous)
+    return jax.lax.cond(count % every == 0, lambda: compute(), lambda: previous)
+
+
+def _full_step(cfg: _Config, x: _Inputs, state: SamPerturbState, grad_fn, updates):
+    """A full step: ``g_out`` from ``grad_fn(θ + ε)``, LookSAM's ``g_v``, the ``‖g_p‖`` metric."""
+    hp = x.hp
+    eps = cfg.perturb(x.g, x.p, x.sel, hp.rho, hp.eta, hp.eps)
+    shifted = [
+        (upcast(q) + jax.lax.stop_gradient(e)).astype(q.dtype)
+        for q, e in zip(x.p, eps, strict=True)
+    ]
+    gp_tree = _extra_args.call_grad_fn(grad_fn, x.treedef.unflatten(shifted), updates, _NAME)
+    gp = x.treedef.flatten_up_to(gp_tree)
+    gp_norm = tree_norm(gp) if cfg.gsam else None
+    if cfg.gsam:
+        out = _gsam(x.g, gp, gp_norm, hp.alpha)
+    else:
+        out = [a.astype(b.dtype) for a, b in zip(gp, x.g, strict=True)]
+    # rho == 0: θ + ε = θ, so g_p is g by contract; return g itself (bit-exact, however XLA
+    # compiles the user's grad_fn inside this program).
+    out = [jnp.where(x.on, o, y) for o, y in zip(out, x.g, strict=True)]
+    gp_metric = _on_metrics(
+        cfg.every,
+        state.count,
+        lambda: _metric(gp_norm if gp_norm is not None else tree_norm(gp)),
+        state.perturbed_grad_norm,
+    )
+    if state.g_v is None:
+        return out, None, gp_metric
+    gv_old = x.treedef.flatten_up_to(state.g_v)
+    return out, _looksam_direction(x.g, gp, x.g_norm, gv_old), gp_metric
+
+
+def _update(cfg: _Config, updates, state: SamPerturbState, params, grad_fn):
+    treedef = jax.tree.structure(updates)
+    g = treedef.flatten_up_to(updates)
+    hp = _Hyper(*(_counters.evaluate(v, state.count) for v in cfg.hyper))
+    x = _Inputs(
+        treedef=treedef,
+        g=g,
+        p=treedef.flatten_up_to(params),
+        sel=_masking.leaf_flags(cfg.mask, params, treedef),
+        hp=hp,
+        on=jnp.asarray(hp.rho) > 0,
+        g_norm=None if state.g_v is None else tree_norm(g),
+    )
+
+    def full(_):
+        return _full_step(cfg, x, state, grad_fn, updates)
+
+    def reuse(_):
+        gv = treedef.flatten_up_to(state.g_v)
+        alpha = jnp.where(x.on, hp.reuse_alpha, 0.0)
+        return _looksam_reuse(g, gv, x.g_norm, alpha), gv, state.perturbed_grad_norm
+
+    if state.g_v is None:
+        out, gv, gp_norm = full(None)
+    else:
+        out, gv, gp_norm = jax.lax.cond(state.count % cfg.period == 0, full, reuse, None)
+
+    def stats():
+        g_norm = x.g_norm if x.g_norm is not None else tree_norm(g)
+        return _metric(g_norm), _metric(tree_cos(g, out))
+
+    grad_norm, cos = _on_metrics(cfg.every, state.count, stats, (state.grad_norm, state.cos))
+    new_state = SamPerturbState(
+        count=_counters.increment(state.count),
+        grad_norm=grad_norm,
+        perturbed_grad_norm=gp_norm,
+        cos=cos,
+        g_v=None if gv is None else treedef.unflatten(gv),
+    )
+    return treedef.unflatten(out), new_state
+
+
+# ---------------------------------------------------------------------------------------------
+# argument checks
+# ---------------------------------------------------------------------------------------------
 
 
 def _check_axis_name(axis_name: Any) -> None:
@@ -110,23 +322,41 @@ def _is_static_zero(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and x == 0
 
 
-def _reuse_period(reuse_every: Any) -> int | None:
-    """The LookSAM period as a Python int, or ``None`` when it is a tracer.
+def _static_int(name: str, value: Any, check: Callable[[Any], int]) -> Any:
+    """A structural int as a Python int, or the tracer itself.
 
     ``optax.inject_hyperparams`` passes every numeric argument not named in ``static_args`` as
-    an array (traced under ``jit``); ``reuse_every`` is structural (it decides whether the state
-    holds ``g_v``), so it is read at ``init``, where it is concrete, and recovered from the state
-    afterwards.
+    an array (traced under ``jit``). ``reuse_every`` and ``metrics_every`` are read where they
+    are concrete (construction, ``init``) and used as traced integers otherwise.
     """
-    if isinstance(reuse_every, jax.core.Tracer):
-        return None
-    if isinstance(reuse_every, (jax.Array,)) and not jnp.issubdtype(reuse_every.dtype, jnp.integer):
-        raise TypeError(f"`reuse_every` must be an integer; got dtype {reuse_every.dtype}.")
-    return _base.check_int("reuse_every", reuse_every, low=1)
+    if isinstance(value, jax.core.Tracer):
+        if not jnp.issubdtype(value.dtype, jnp.integer):
+            raise TypeError(f"`{name}` must be an integer; got dtype {value.dtype}.")
+        return value
+    if isinstance(value, jax.Array) and not jnp.issubdtype(value.dtype, jnp.integer):
+        raise TypeError(f"`{name}` must be an integer; got dtype {value.dtype}.")
+    return check(value)
+
+
+def _check_arguments(rho, norm, adaptive, adaptive_eta, gsam_alpha, reuse_alpha, eps, mask):
+    _validation.check_scalar("rho", rho, low=0.0)
+    _validation.check_choice("norm", norm, ("l2", "linf"))
+    _validation.check_bool("adaptive", adaptive)
+    _validation.check_scalar("adaptive_eta", adaptive_eta, low=0.0)
+    _validation.check_scalar("gsam_alpha", gsam_alpha, low=0.0)
+    _validation.check_scalar("reuse_alpha", reuse_alpha, low=0.0)
+    _validation.check_scalar("eps", eps, low=0.0)
+    _masking.check_mask("mask", mask)
+
+
+_NOT_CONCRETE_MSG = (
+    "sam_perturb: `reuse_every` must be concrete at init (it decides whether the state stores "
+    "LookSAM's direction); pass it in `static_args` of `optax.inject_hyperparams`."
+)
 
 
 def sam_perturb(
-    rho: _base.ScalarOrSchedule = 0.05,
+    rho: _validation.ScalarOrSchedule = 0.05,
     *,
     norm: str = "l2",
     adaptive: bool = False,
@@ -135,8 +365,9 @@ def sam_perturb(
     reuse_every: int = 1,
     reuse_alpha: float = 0.7,
     eps: float = 1e-12,
-    mask: _base.MaskOrFn = None,
+    mask: _validation.MaskOrFn = None,
     axis_name: str | tuple[str, ...] | None = None,
+    metrics_every: int = 1,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Sharpness-aware minimization: replace the gradient by the gradient at ``θ + ε``.
 
@@ -170,8 +401,16 @@ def sam_perturb(
       gradients). GSAM applies on the full steps only.
     * ``mask``: only masked-in leaves are perturbed (``ε`` is computed from their gradients only;
       the others see ``ε = 0``), e.g. normalization layers only ("SAM-ON"). ``grad_fn`` still
-      receives the full parameters and the returned gradient covers every leaf. Do not wrap the
-      transform in ``optax.masked``: it would hand ``grad_fn`` masked parameters.
+      receives the full parameters and the returned gradient covers every leaf. A callable
+      pytree (an Equinox module of bools) is a mask tree, as in ``optax.masked``. Do not wrap
+      the transform in ``optax.masked`` (a ``ValueError``): it would hand ``grad_fn`` masked
+      parameters.
+    * Gradient accumulation: put the accumulation **after** SAM,
+      ``optareg.chain(optareg.sam_perturb(rho), optax.MultiSteps(opt, k))``: every micro-batch
+      is perturbed with its own gradient and ``grad_fn``, and ``opt`` steps with the mean of the
+      ``k`` SAM gradients (``rho`` schedules then count micro-batches). Inside
+      ``optax.MultiSteps`` SAM would see the mean gradient but only the last micro-batch's
+      ``grad_fn``; that nesting is a ``ValueError``.
     * ``axis_name``: SAM under ``shard_map`` / ``pmap`` is m-sharpness: each device perturbs with
       its **local** gradient and the transform inserts no collective; the caller averages the
       returned gradient (``jax.lax.pmean``) before or after the base optimizer. The name is
@@ -181,9 +420,11 @@ def sam_perturb(
       ``params = jax.lax.pcast(params, "data", to="varying")``, so that ``jax.grad`` gives the
       local gradient.
 
-    ``grad_fn(params) -> grads`` must close over the same batch and RNG as ``g``; any auxiliary
-    output of the perturbed pass (e.g. BatchNorm statistics) is the caller's to drop. bfloat16
-    parameters keep their dtype (norms and ``ε`` are computed in float32).
+    ``grad_fn(params) -> grads`` must close over the same batch and RNG as ``g`` and return the
+    gradient tree only (``jax.grad``, not ``jax.value_and_grad``). With Flax NNX models that
+    carry BatchNorm statistics or Dropout RNGs, build it with :func:`optareg.nnx_sam_grad_fn`
+    *before* the clean pass. bfloat16 parameters keep their dtype (norms and ``ε`` are
+    computed in float32).
 
     Args:
       rho: the radius ``ρ >= 0`` (constant or schedule of this transform's step count).
@@ -198,6 +439,8 @@ def sam_perturb(
       mask: optax-style mask (pytree or prefix of bools, or a callable of the params; ``True`` =
         perturb this leaf).
       axis_name: ``None``, a str or a tuple of str (see above).
+      metrics_every: compute the three metrics only on steps with ``count % metrics_every == 0``
+        (an int ``>= 1``) and keep the previous values in between; the updates do not change.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose ``update`` requires the keyword
@@ -205,13 +448,15 @@ def sam_perturb(
       ``"sam_perturb/perturbed_grad_norm"``, ``"sam_perturb/cos"`` via :func:`optareg.metrics`).
 
     Raises:
-      ValueError: a hyperparameter out of range, or ``update`` called without ``grad_fn``.
+      ValueError: a hyperparameter out of range; ``update`` called without ``grad_fn``, with a
+        ``grad_fn`` that returns something else than the gradient tree, or inside
+        ``optax.MultiSteps`` / ``optax.masked``.
       TypeError: an argument of the wrong type.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, optareg
       >>> loss = lambda p: 0.5 * jnp.sum(jnp.array([1.0, 10.0]) * p["w"] ** 2)
-      >>> tx = optax.chain(optareg.sam_perturb(rho=0.1), optax.sgd(0.1))
+      >>> tx = optareg.chain(optareg.sam_perturb(rho=0.1), optax.sgd(0.1))
       >>> params = {"w": jnp.array([3.0, 4.0])}
       >>> state = tx.init(params)
       >>> updates, state = tx.update(jax.grad(loss)(params), state, params,
@@ -232,158 +477,38 @@ def sam_perturb(
       Andriushchenko & Flammarion, "Towards Understanding Sharpness-Aware Minimization"
       (m-sharpness), ICML 2022.
     """
-    _base.check_scalar("rho", rho, low=0.0)
-    _base.check_choice("norm", norm, ("l2", "linf"))
-    if not isinstance(adaptive, bool):
-        raise TypeError(f"`adaptive` must be a bool; got {type(adaptive).__name__} {adaptive!r}.")
-    _base.check_scalar("adaptive_eta", adaptive_eta, low=0.0)
-    _base.check_scalar("gsam_alpha", gsam_alpha, low=0.0)
-    _base.check_scalar("reuse_alpha", reuse_alpha, low=0.0)
-    _base.check_scalar("eps", eps, low=0.0)
-    _base.check_mask("mask", mask)
+    _check_arguments(rho, norm, adaptive, adaptive_eta, gsam_alpha, reuse_alpha, eps, mask)
     _check_axis_name(axis_name)
-    period = _reuse_period(reuse_every)
-    static_no_gsam = _is_static_zero(gsam_alpha)
+    period = _static_int(
+        "reuse_every", reuse_every, lambda v: _validation.check_int("reuse_every", v, low=1)
+    )
+    every = _static_int("metrics_every", metrics_every, _validation.check_metrics_every)
+    cfg = _Config(
+        perturb=_PERTURBATIONS[(norm, adaptive)],
+        hyper=(rho, adaptive_eta, gsam_alpha, reuse_alpha, eps),
+        gsam=not _is_static_zero(gsam_alpha),
+        mask=mask,
+        period=period,
+        every=every,
+    )
 
     def init_fn(params):
-        if period is None:
-            raise ValueError(
-                "sam_perturb: `reuse_every` must be concrete at init (it decides whether the "
-                "state stores LookSAM's direction); pass it in `static_args` of "
-                "`optax.inject_hyperparams`."
-            )
+        if isinstance(period, jax.core.Tracer):
+            raise ValueError(_NOT_CONCRETE_MSG)
         zero = jnp.zeros([], jnp.float32)
-        if _base.is_params_placeholder(params):  # optax.tree.map_params probing the state
+        if _validation.is_params_placeholder(params):  # optax.tree.map_params probing the state
             g_v = params if period > 1 else None
         else:
-            _base.check_mask_matches("mask", mask, params)
+            _masking.check_mask_matches("mask", mask, params)
             g_v = jax.tree.map(jnp.zeros_like, params) if period > 1 else None
-        return SamPerturbState(
-            count=_base.init_count(),
-            grad_norm=zero,
-            perturbed_grad_norm=zero,
-            cos=zero,
-            g_v=g_v,
-        )
-
-    def mask_leaves(params, treedef) -> list[bool]:
-        if mask is None:
-            return [True] * treedef.num_leaves
-        tree = mask(params) if callable(mask) else mask
-        full = jax.tree.map(lambda m, p: jax.tree.map(lambda _: bool(m), p), tree, params)
-        return treedef.flatten_up_to(full)
-
-    def perturbation(g_leaves, p_leaves, sel, rho_t, eta_t, eps_t):
-        """ε per leaf (float32; zeros for masked-out leaves)."""
-        if adaptive:
-            t_leaves = [jnp.abs(_f32(p)) + eta_t for p in p_leaves]
-        else:
-            t_leaves = [None] * len(p_leaves)
-        zeros = [jnp.zeros(jnp.shape(g), _base.compute_dtype(g)) for g in g_leaves]
-        idx = [i for i, s in enumerate(sel) if s]
-        if norm == "linf":
-            out = list(zeros)
-            for i in idx:
-                e = rho_t * jnp.sign(_f32(g_leaves[i]))
-                out[i] = e * t_leaves[i] if adaptive else e
-            return out
-        if adaptive:
-            # ε = ρ·T·(Tg/‖Tg‖): computed with g/s (s a power of two) so that Tg and T²g
-            # cannot overflow; eps/s keeps ρ/(‖Tg‖ + eps) exactly.
-            s = _scale([g_leaves[i] for i in idx])
-            tg = [t_leaves[i] * (_f32(g_leaves[i]) / s) for i in idx]
-            scale = rho_t * _safe_inv(_norm(tg), eps_t / s)
-            out = list(zeros)
-            for j, i in enumerate(idx):
-                out[i] = t_leaves[i] * (scale * tg[j])
-            return out
-        scale = rho_t * _safe_inv(_norm([g_leaves[i] for i in idx]), eps_t)
-        out = list(zeros)
-        for i in idx:
-            out[i] = scale * _f32(g_leaves[i])
-        return out
+        return SamPerturbState(_counters.init_count(), zero, zero, zero, g_v)
 
     def update_fn(updates, state, params=None, *, grad_fn: Callable | None = None, **extra):
         del extra
-        if grad_fn is None:
-            raise ValueError(_NO_GRAD_FN_MSG)
-        _base.require_params(params, _NAME)
-        treedef = jax.tree.structure(updates)
-        g_leaves = treedef.flatten_up_to(updates)
-        p_leaves = treedef.flatten_up_to(params)
-        sel = mask_leaves(params, treedef)
-        rho_t = _base.evaluate(rho, state.count)
-        eta_t = _base.evaluate(adaptive_eta, state.count)
-        alpha_t = _base.evaluate(gsam_alpha, state.count)
-        alpha_r = _base.evaluate(reuse_alpha, state.count)
-        eps_t = _base.evaluate(eps, state.count)
-        on = jnp.asarray(rho_t) > 0  # rho == 0: no GSAM / LookSAM correction either
-        g_norm = _norm(g_leaves)
-        gv_old = None if state.g_v is None else treedef.flatten_up_to(state.g_v)
+        _extra_args.check_not_nested(_NAME)
+        grad_fn = _extra_args.require_grad_fn(grad_fn, _NAME)
+        _validation.require_params(params, _NAME)
+        return _update(cfg, updates, state, params, grad_fn)
 
-        def full_step(_):
-            eps_leaves = perturbation(g_leaves, p_leaves, sel, rho_t, eta_t, eps_t)
-            perturbed = treedef.unflatten(
-                [
-                    (_f32(p) + jax.lax.stop_gradient(e)).astype(p.dtype)
-                    for p, e in zip(p_leaves, eps_leaves, strict=True)
-                ]
-            )
-            gp_leaves = treedef.flatten_up_to(grad_fn(perturbed))
-            gp_norm = _norm(gp_leaves)
-            if static_no_gsam:
-                out = [gp.astype(g.dtype) for gp, g in zip(gp_leaves, g_leaves, strict=True)]
-            else:
-                alpha = alpha_t
-                inv_p = _safe_inv(gp_norm)
-                # g − (g·ĝ_p)ĝ_p in units of s (a power of two >= max|g|): no overflow in the dot
-                s = _scale(g_leaves)
-                hat = [_f32(gp) * inv_p for gp in gp_leaves]
-                g_s = [_f32(g) / s for g in g_leaves]
-                proj = _dot(g_s, hat)
-                out = [
-                    (_f32(gp) - alpha * (s * (gs - proj * h))).astype(g.dtype)
-                    for gp, g, gs, h in zip(gp_leaves, g_leaves, g_s, hat, strict=True)
-                ]
-            # rho == 0: θ + ε = θ, so g_p is g by contract; return g itself (bit-exact, however
-            # XLA compiles the user's grad_fn inside this program).
-            out = [jnp.where(on, o, g) for o, g in zip(out, g_leaves, strict=True)]
-            if state.g_v is None:
-                return out, None, gp_norm
-            inv_g = _safe_inv(g_norm)
-            # g_p − (g_p·ĝ)ĝ in units of s (a power of two >= max|g_p|): no overflow in the dot
-            s = _scale(gp_leaves)
-            hat = [_f32(g) * inv_g for g in g_leaves]
-            gp_s = [_f32(gp) / s for gp in gp_leaves]
-            proj = _dot(gp_s, hat)
-            gv = [
-                (s * (gps - proj * h)).astype(v.dtype)
-                for gps, h, v in zip(gp_s, hat, gv_old, strict=True)
-            ]
-            return out, gv, gp_norm
-
-        def reuse_step(_):
-            inv_v = _safe_inv(_norm(gv_old))
-            weight = jnp.where(on, alpha_r, 0.0) * g_norm
-            out = [
-                (_f32(g) + weight * (_f32(v) * inv_v)).astype(g.dtype)
-                for g, v in zip(g_leaves, gv_old, strict=True)
-            ]
-            return out, gv_old, state.perturbed_grad_norm
-
-        if state.g_v is None:
-            out, gv, gp_norm = full_step(None)
-        else:
-            k = period if period is not None else reuse_every
-            out, gv, gp_norm = jax.lax.cond(state.count % k == 0, full_step, reuse_step, None)
-        cos = _cos(g_leaves, out)
-        new_state = SamPerturbState(
-            count=_base.increment(state.count),
-            grad_norm=g_norm,
-            perturbed_grad_norm=gp_norm,
-            cos=cos,
-            g_v=None if gv is None else treedef.unflatten(gv),
-        )
-        return treedef.unflatten(out), new_state
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return _chain.tag(tx, "extra_args", _NAME)

@@ -11,13 +11,13 @@ Two serializers: ``orbax.checkpoint.StandardCheckpointer`` (into ``tmp_path``) a
 
 from __future__ import annotations
 
+import helpers as tc
 import jax
 import jax.numpy as jnp
 import optax
 import pytest
-import test_conformance as tc
 from flax import serialization
-from registry import ENTRIES, Entry
+from registry import Entry
 
 import optareg
 
@@ -30,20 +30,18 @@ HALF = STEPS // 2
 def _one_per_state_layout() -> list:
     """One entry per state layout: (factory, method, LookSAM, per-leaf), plus one masked entry
     (``optax.MaskedState`` holding ``MaskedNode`` leaves; the same layout for every factory)."""
-    seen, out = set(), []
-    for e in ENTRIES:
+
+    def key(e):
         kw = e.kwargs
         masked = kw.get("mask") is not None and e.position != "first"  # optax.MaskedState
-        key = (
-            masked or e.factory,
+        layout = (
             masked or kw.get("method"),
             kw.get("reuse_every", 1) > 1,
             kw.get("per_leaf", False),
         )
-        if key not in seen:
-            seen.add(key)
-            out.append(pytest.param(e, id=e.id))
-    return out
+        return (masked or e.factory, *layout)
+
+    return tc.one_per(key)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,99 +19,28 @@ import numpy as np
 import optax
 import pytest
 from absl.testing import parameterized
+from helpers import (
+    MASK,
+    assert_close,
+    assert_identical,
+    chained,
+    extra_args,
+    grad_fn,
+    grads_for,
+    loss,
+    make_params,
+    make_step,
+    run_steps,
+    skip_if,
+)
 from registry import ENTRIES, Entry
+
+import optareg
 
 pytestmark = pytest.mark.conformance
 
 IDS = [e.id for e in ENTRIES]
 STEPS = 10
-
-
-def make_params(dtype=jnp.float32, seed=0, zero=False):
-    """A small mixed pytree: a Dense kernel and bias, a 4-D conv kernel (HWIO) and a scalar."""
-    rng = np.random.default_rng(seed)
-    shapes = {
-        "conv": {"kernel": (3, 3, 2, 4)},
-        "dense": {"bias": (4,), "kernel": (6, 4)},
-        "scale": (),
-    }
-    return jax.tree.map(
-        lambda s: jnp.zeros(s, dtype) if zero else jnp.asarray(rng.normal(size=s), dtype),
-        shapes,
-        is_leaf=lambda x: isinstance(x, tuple),
-    )
-
-
-def loss(params):
-    """A smooth non-quadratic loss, so a perturbed gradient differs from the plain one."""
-    return sum(
-        jnp.sum(0.5 * x.astype(jnp.float32) ** 2 + jnp.sin(x.astype(jnp.float32)))
-        for x in jax.tree.leaves(params)
-    )
-
-
-def grad_fn(params):
-    return jax.tree.map(lambda g, p: g.astype(p.dtype), jax.grad(loss)(params), params)
-
-
-def extra_args(entry: Entry) -> dict:
-    return {"grad_fn": grad_fn} if entry.needs_grad_fn else {}
-
-
-def grads_for(params, seed=1, zero=False):
-    if zero:
-        return jax.tree.map(jnp.zeros_like, params)
-    return jax.tree.map(lambda g: g * 0.5, make_params(params_dtype(params), seed=seed))
-
-
-def params_dtype(params):
-    return jax.tree.leaves(params)[0].dtype
-
-
-def skip_if(entry: Entry, check: str):
-    if check in entry.skip:
-        pytest.skip(entry.skip[check])
-
-
-def make_step(tx, entry: Entry, jit=True):
-    """One update + apply, jitted once and reused across runs of the same transform."""
-    extra = extra_args(entry)
-
-    def step(state, params, grads):
-        updates, state = tx.update(grads, state, params, **extra)
-        return updates, state, optax.apply_updates(params, updates)
-
-    return jax.jit(step) if jit else step
-
-
-def run_steps(tx, params, steps, *, entry, zero_grads=False, jit=True, step=None):
-    """Run ``steps`` updates and applies; return the list of (updates, state, params) per step."""
-    step = step or make_step(tx, entry, jit=jit)
-    state = tx.init(params)
-    out = []
-    for i in range(steps):
-        g = grads_for(params, seed=10 + i, zero=zero_grads)
-        updates, state, params = step(state, params, g)
-        out.append((updates, state, params))
-    return out
-
-
-def assert_close(a, b, atol):
-    chex.assert_trees_all_close(a, b, atol=atol, rtol=atol)
-
-
-def assert_identical(a, b):
-    chex.assert_trees_all_equal_structs(a, b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x, np.float64), np.asarray(y, np.float64))
-
-
-def chained(entry: Entry, tx, base=None):
-    """Put ``tx`` where it belongs relative to a base optimizer."""
-    base = base or optax.sgd(0.1)
-    if entry.position == "first":
-        return optax.chain(tx, base)
-    return optax.chain(base, tx)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,10 +67,25 @@ class JitVsEagerTest(parameterized.TestCase):
             params = optax.apply_updates(params, u_ref)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+DTYPES = pytest.mark.parametrize(
+    "dtype", [jnp.float32, jnp.bfloat16, jnp.float64], ids=["f32", "bf16", "f64"]
+)
+
+
+def x64_if(dtype):
+    """float64 runs inside ``jax.enable_x64`` (it does not leak into other tests)."""
+    return jax.enable_x64(dtype == jnp.float64)
+
+
+@DTYPES
 @pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
 def test_shapes_dtypes_and_state_stable(entry, dtype):
     skip_if(entry, "dtype")
+    with x64_if(dtype):
+        _check_shapes_dtypes_and_state(entry, dtype)
+
+
+def _check_shapes_dtypes_and_state(entry, dtype):
     tx = entry.make()
     params = make_params(dtype)
     state0 = tx.init(params)
@@ -154,10 +98,15 @@ def test_shapes_dtypes_and_state_stable(entry, dtype):
         chex.assert_tree_all_finite(state)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+@DTYPES
 @pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
 def test_zeros_stay_finite(entry, dtype):
     """All-zero gradients, all-zero params, and both: finite updates and state, dtypes kept."""
+    with x64_if(dtype):
+        _check_zeros_stay_finite(entry, dtype)
+
+
+def _check_zeros_stay_finite(entry, dtype):
     tx = entry.make()
     step = make_step(tx, entry)
     for zero in ("grads", "params", "both"):
@@ -193,9 +142,6 @@ def test_in_chain_equals_manual_composition(entry):
         assert_identical(u_chain, u)
         chex.assert_tree_all_finite(u_chain)
         params = optax.apply_updates(params, u_chain)
-
-
-MASK = {"conv": {"kernel": True}, "dense": {"bias": False, "kernel": True}, "scale": False}
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
@@ -332,3 +278,41 @@ def test_tree_map_params(entry):
         tx, lambda p: p.astype(jnp.bfloat16), state, transform_non_params=lambda x: x
     )
     chex.assert_trees_all_equal_structs(cast, state)
+
+
+def _converge_setup(entry):
+    """(transform, steps): a complete optimizer (``prox_adam``) alone, anything else where it
+    belongs relative to ``optax.sgd(0.1)``."""
+    if entry.factory is optareg.prox_adam:
+        return entry.make(), 400
+    if entry.position == "any":  # gradient-side: before the learning rate, like weight decay
+        return optax.chain(entry.make(), optax.sgd(0.1)), 60
+    return chained(entry, entry.make(), optax.sgd(0.1)), 60
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
+def test_converges_on_a_small_target(entry):
+    """On the suite's smooth loss the iterates settle: the last step is below 1e-3 of the first
+    (a fixed point of the regularized problem) and the loss went down; an entry whose
+    regularizer leaves the unregularized minimizer in reach also closes 90% of the gap to it."""
+    skip_if(entry, "converge")
+    tx, steps = _converge_setup(entry)
+    params = make_params()
+    extra = extra_args(entry)
+
+    def body(carry, _):
+        params, state = carry
+        updates, state = tx.update(grad_fn(params), state, params, **extra)
+        return (optax.apply_updates(params, updates), state), optax.global_norm(updates)
+
+    run = jax.jit(lambda c: jax.lax.scan(body, c, None, steps))
+    (final, _), step_norms = run((params, tx.init(params)))
+    n = sum(x.size for x in jax.tree.leaves(params))
+    minimum = n * (0.5 * X_STAR**2 + np.sin(X_STAR))
+    start, end = float(loss(params)), float(loss(final))
+    gap = (end - minimum) / (start - minimum)
+    assert end < start
+    assert float(step_norms[-1]) <= 1e-3 * float(step_norms[0]) or gap <= 0.1, (gap, step_norms)
+
+
+X_STAR = -0.7390851332151607  # the root of x + cos(x) = 0: the minimizer of x²/2 + sin(x)

@@ -15,31 +15,21 @@
 
 from __future__ import annotations
 
+import helpers as tc
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import test_conformance as tc
-from registry import ENTRIES, Entry
+from registry import Entry
 from registry._entry import code_path_key
 
 STEPS = 2
 
 
-def _one_per_code_path() -> list:
-    """One registry entry per distinct code path (the conformance suite already compares jit and
-    eager for every entry, with a looser absolute tolerance)."""
-    seen, out = set(), []
-    for e in ENTRIES:
-        key = code_path_key(e)
-        if key not in seen:
-            seen.add(key)
-            out.append(pytest.param(e, id=e.id))
-    return out
-
-
-CASES = _one_per_code_path()
+# One registry entry per distinct code path (the conformance suite already compares jit and
+# eager for every entry, with a looser absolute tolerance).
+CASES = tc.one_per(code_path_key)
 EPS32 = float(jnp.finfo(jnp.float32).eps)
 _COMPOUND = ("sam_perturb", "prox_nuclear", "spectral_clip", "prox_adam")
 

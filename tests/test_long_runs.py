@@ -9,13 +9,13 @@ shapes, dtypes and byte size it had after ``init`` (no growth).
 from __future__ import annotations
 
 import chex
+import helpers as tc
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import test_conformance as tc
-from registry import ENTRIES, Entry
+from registry import Entry
 
 import optareg
 
@@ -24,17 +24,9 @@ INT32_MAX = int(np.iinfo(np.int32).max)
 NEAR_MAX = INT32_MAX - 2  # 2**31 − 3
 
 
-def _one_per_code_path() -> list:
-    seen, out = set(), []
-    for e in ENTRIES:
-        key = (e.factory, e.kwargs.get("method"), e.kwargs.get("reuse_every", 1) > 1)
-        if key not in seen:
-            seen.add(key)
-            out.append(pytest.param(e, id=e.id))
-    return out
-
-
-CASES = _one_per_code_path()
+CASES = tc.one_per(
+    lambda e: (e.factory, e.kwargs.get("method"), e.kwargs.get("reuse_every", 1) > 1)
+)
 
 
 def _grads(params, i):

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import one_per
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from registry import ENTRIES, Entry
@@ -245,16 +246,7 @@ def collective_counts(hlo: str) -> dict[str, int]:
 # --------------------------------------------------------------------------------------------
 
 
-def _first_entry_per_factory() -> list[Entry]:
-    seen, out = set(), []
-    for e in ENTRIES:
-        if e.factory not in seen:
-            seen.add(e.factory)
-            out.append(e)
-    return out
-
-
-BASE_ENTRIES = _first_entry_per_factory()
+BASE_ENTRIES = one_per(lambda e: e.factory, param=False)
 # Every entry in the layout (kernels split along "model"); the first entry of each
 # public factory also in the other two layouts (the compile time of 3 layouts x 50 entries on 2
 # CPU cores would not fit the CI budget).

@@ -30,12 +30,12 @@ from __future__ import annotations
 import re
 
 import chex
+import helpers as tc
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import test_conformance as tc
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from registry import ENTRIES, Entry
@@ -170,19 +170,13 @@ def _code_paths() -> list[Entry]:
     """One registry entry per distinct numerical code path (factory, method, norm, ASAM, GSAM,
     LookSAM, per-leaf, reference, cautious); variants that only add a mask or a schedule reuse
     the same arithmetic and are covered by the conformance suite's finiteness checks."""
-    seen, out = set(), []
-    for e in ENTRIES:
+
+    def key(e):
         kw = e.kwargs
-        key = (
-            *code_path_key(e),
-            kw.get("reference") is not None,
-            kw.get("cautious", False),
-            "matrix_axes" in kw,
-        )
-        if key not in seen:
-            seen.add(key)
-            out.append(e)
-    return out
+        extra = (kw.get("reference") is not None, kw.get("cautious", False), "matrix_axes" in kw)
+        return (*code_path_key(e), *extra)
+
+    return tc.one_per(key, param=False)
 
 
 def _params(full: bool):

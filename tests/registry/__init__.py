@@ -6,12 +6,20 @@ variant whose code path differs (mask, schedule, method ...).
 """
 
 from registry._entry import Entry
+from registry.constraints import ENTRIES as _CONSTRAINTS
 from registry.decay import ENTRIES as _DECAY
 from registry.diagnostics import ENTRIES as _DIAGNOSTICS
 from registry.proximal import ENTRIES as _PROXIMAL
 from registry.sam import ENTRIES as _SAM
 from registry.spectral import ENTRIES as _SPECTRAL
 
-ENTRIES: list[Entry] = [*_DECAY, *_PROXIMAL, *_SAM, *_SPECTRAL, *_DIAGNOSTICS]
+ENTRIES: list[Entry] = [
+    *_DECAY,
+    *_PROXIMAL,
+    *_SAM,
+    *_SPECTRAL,
+    *_CONSTRAINTS,
+    *_DIAGNOSTICS,
+]
 
 __all__ = ["ENTRIES", "Entry"]

@@ -8,6 +8,9 @@ from typing import Any
 
 import optax
 
+# The mask every masked entry uses, over the conformance params tree (tests/helpers.py).
+MASK = {"conv": {"kernel": True}, "dense": {"bias": False, "kernel": True}, "scale": False}
+
 
 @dataclasses.dataclass(frozen=True)
 class Entry:

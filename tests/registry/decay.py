@@ -5,9 +5,8 @@ import numpy as np
 import optax
 
 import optareg
+from registry._entry import MASK as _MASK
 from registry._entry import Entry
-
-_MASK = {"conv": {"kernel": True}, "dense": {"bias": False, "kernel": True}, "scale": False}
 
 
 def _matrices(params):

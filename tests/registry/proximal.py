@@ -4,9 +4,9 @@ import jax
 import optax
 
 import optareg
+from registry._entry import MASK as _MASK
 from registry._entry import Entry
 
-_MASK = {"conv": {"kernel": True}, "dense": {"bias": False, "kernel": True}, "scale": False}
 # A mask that also selects a 1-D leaf and the scalar (group lasso then acts per entry there).
 _MASK_WITH_VECTORS = {
     "conv": {"kernel": False},
@@ -127,6 +127,10 @@ ENTRIES: list[Entry] = [
         {
             "learning_rate": optax.linear_schedule(1e-2, 1e-3, 10),
             "l1": optax.linear_schedule(1e-3, 1e-2, 10),
+        },
+        skip={
+            "converge": "the learning rate decays to 1e-3 within 10 steps: 400 Adam steps move "
+            "a weight by at most ~0.4, short of the minimizer (the constant-lr entries converge)"
         },
     ),
 ]
