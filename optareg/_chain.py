@@ -75,13 +75,13 @@ def _check_order(entries: tuple[tuple[str, str], ...]) -> None:
             bad = "it comes after another transform"
         elif kind == "gradient" and any(k in ("post_step", "final") for k in before):
             bad = "it comes after a post-step transform"
-        elif kind == "post_step" and any(k in ("optimizer", "gradient") for k in after):
-            bad = "an optimizer or gradient-side transform comes after it"
+        elif kind == "post_step" and "optimizer" in after:
+            bad = "an optimizer comes after it"
         elif kind == "final" and after:
             bad = "another non-diagnostic transform comes after it"
         if bad:
             raise ValueError(
-                f"optareg.chain: `{name}` (position {i}) is misplaced: {bad}. It belongs "
+                f"optareg.chain: `{name}` (position {i}) is misplaced: {bad}. It must go "
                 f"{_WHERE[kind]}. Order: extra-args (sam_perturb) first, then gradient-side "
                 "transforms and the optimizer, then post-step transforms (prox_*, "
                 "decoupled_weight_decay, spectral_clip, constraints), then "

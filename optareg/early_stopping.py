@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from optareg import _base
+from optareg import _counters, _validation
 
 __all__ = ["EarlyStopping", "EarlyStoppingState", "early_stopping"]
 
@@ -102,18 +102,18 @@ def early_stopping(
       Keras, ``keras.callbacks.EarlyStopping`` (``keras/src/callbacks/early_stopping.py``).
       Prechelt, "Early Stopping — But When?", Neural Networks: Tricks of the Trade, 1998.
     """
-    patience = _base.check_int("patience", patience, low=0)
-    _base.check_scalar("min_delta", min_delta, low=None, allow_schedule=False)
+    patience = _validation.check_int("patience", patience, low=0)
+    _validation.check_scalar("min_delta", min_delta, low=None, allow_schedule=False)
     if mode == "auto":
         raise ValueError(
             '`mode` must be "min" or "max"; got "auto" (Keras infers the direction from the '
             'metric name, which early_stopping does not see: pass mode="min" for a loss, '
             'mode="max" for an accuracy).'
         )
-    _base.check_choice("mode", mode, ("min", "max"))
+    _validation.check_choice("mode", mode, ("min", "max"))
     if baseline is not None:
-        _base.check_scalar("baseline", baseline, low=None, allow_schedule=False)
-    start_from_step = _base.check_int("start_from_step", start_from_step, low=0)
+        _validation.check_scalar("baseline", baseline, low=None, allow_schedule=False)
+    start_from_step = _validation.check_int("start_from_step", start_from_step, low=0)
 
     # Keras: min_delta = abs(min_delta), negated in "min" mode; improvement iff
     # monitor_op(value - min_delta, reference).
@@ -140,39 +140,45 @@ def early_stopping(
         value = jnp.asarray(value, jnp.float32)
         if value.shape != ():
             raise ValueError(f"early_stopping: `value` must be a scalar; got shape {value.shape}.")
-        t = state.step
-        active = (t >= start_from_step) & ~state.should_stop
-
-        # Keras: `if self.restore_best_weights and self.best_weights is None`
-        first = active & (t == start_from_step)
-        keep_params = first
-        best_step = jnp.where(first, t, state.best_step)
-
-        wait = state.wait + 1
-        improved = active & is_improvement(value, state.best_value)
-        best_value = jnp.where(improved, value, state.best_value)
-        best_step = jnp.where(improved, t, best_step)
-        keep_params = keep_params | improved
-        if baseline is None:
-            reset = improved
-        else:
-            reset = improved & is_improvement(value, jnp.float32(baseline))
-        wait = jnp.where(reset, 0, wait)
-        stop = active & ~improved & (wait >= patience) & (t > 0)
-
-        best_params = jax.tree.map(
-            lambda b, p: jnp.where(keep_params, jnp.asarray(p, b.dtype), b),
-            state.best_params,
-            params,
-        )
-        return EarlyStoppingState(
-            step=_base.increment(t),
-            wait=jnp.where(active, wait, state.wait).astype(jnp.int32),
-            best_value=best_value,
-            best_step=best_step.astype(jnp.int32),
-            best_params=best_params,
-            should_stop=state.should_stop | stop,
-            stopped_step=jnp.where(stop, t, state.stopped_step).astype(jnp.int32),
+        return _keras_step(
+            state, value, params, patience, start_from_step, baseline, is_improvement
         )
 
     return EarlyStopping(init, update)
+
+
+def _keras_step(state, value, params, patience, start_from_step, baseline, is_improvement):
+    """One ``on_epoch_end`` of ``keras.callbacks.EarlyStopping``, as a pure function."""
+    t = state.step
+    active = (t >= start_from_step) & ~state.should_stop
+
+    # Keras: `if self.restore_best_weights and self.best_weights is None`
+    first = active & (t == start_from_step)
+    best_step = jnp.where(first, t, state.best_step)
+
+    wait = state.wait + 1
+    improved = active & is_improvement(value, state.best_value)
+    best_value = jnp.where(improved, value, state.best_value)
+    best_step = jnp.where(improved, t, best_step)
+    keep_params = first | improved
+    if baseline is None:
+        reset = improved
+    else:
+        reset = improved & is_improvement(value, jnp.float32(baseline))
+    wait = jnp.where(reset, 0, wait)
+    stop = active & ~improved & (wait >= patience) & (t > 0)
+
+    best_params = jax.tree.map(
+        lambda b, p: jnp.where(keep_params, jnp.asarray(p, b.dtype), b),
+        state.best_params,
+        params,
+    )
+    return EarlyStoppingState(
+        step=_counters.increment(t),
+        wait=jnp.where(active, wait, state.wait).astype(jnp.int32),
+        best_value=best_value,
+        best_step=best_step.astype(jnp.int32),
+        best_params=best_params,
+        should_stop=state.should_stop | stop,
+        stopped_step=jnp.where(stop, t, state.stopped_step).astype(jnp.int32),
+    )

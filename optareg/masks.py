@@ -28,7 +28,7 @@ from typing import Any
 
 import jax
 
-from optareg import _base
+from optareg import _paths, _validation
 
 __all__ = ["by_path", "decay_mask", "path_names"]
 
@@ -53,19 +53,6 @@ def _variable_types() -> tuple[type, ...]:
     )
 
 
-def _key_name(key: Any) -> str:
-    tu = jax.tree_util
-    if isinstance(key, tu.DictKey):
-        return str(key.key)
-    if isinstance(key, tu.GetAttrKey):
-        return str(key.name)
-    if isinstance(key, tu.SequenceKey):
-        return str(key.idx)
-    if isinstance(key, tu.FlattenedIndexKey):
-        return str(key.key)
-    return str(key).strip(".[]'\"")
-
-
 def _map_with_names(fn: Callable[[tuple[str, ...], Any], Any], params: Any) -> Any:
     """``fn(names, leaf)`` on every array leaf; NNX variables keep their node around the result."""
     var_types = _variable_types()
@@ -74,7 +61,7 @@ def _map_with_names(fn: Callable[[tuple[str, ...], Any], Any], params: Any) -> A
         return bool(var_types) and isinstance(x, var_types)
 
     def outer(path, x):
-        names = tuple(_key_name(k) for k in path)
+        names = tuple(_paths.key_name(k) for k in path)
         if is_var(x):  # map inside the Variable: the mask keeps the node, drops `.value` names
             return jax.tree.map(lambda leaf: fn(names, leaf), x)
         return fn(names, x)
@@ -222,7 +209,7 @@ def decay_mask(
             raise TypeError(f"`exclude` must hold non-empty strings; got {e!r}.")
     exclude = tuple(e.lower() for e in exclude)
     if min_ndim is not None:
-        min_ndim = _base.check_int("min_ndim", min_ndim, low=0)
+        min_ndim = _validation.check_int("min_ndim", min_ndim, low=0)
     stacked_pats = () if stacked is None else _compile(stacked, "stacked")
 
     def leaf(names, x):

@@ -190,7 +190,7 @@ for _name, _f, _ok, _strengths in _PROX:
 _GL = {"strength": 0.1, "learning_rate": 0.1}
 ROWS += [
     Row("prox_group_lasso", optareg.prox_group_lasso, {**_GL, "axis": a}, "axis")
-    for a in (1.5, "0", None, True)
+    for a in (1.5, "0", True)  # None is the default: the unit axis from `layout`
 ]
 _PA = {"learning_rate": 0.1, "l1": 0.1}
 ROWS += [
@@ -264,6 +264,35 @@ ROWS += [
         Row("early_stopping", _ES, {"patience": 3, "start_from_step": v}, "start_from_step")
         for v in (-1, 0.5)
     ],
+]
+
+# --- metrics_every and layout (every transform that records statistics / knows units) ---------
+_EVERY = {
+    "prox_l1": (optareg.prox_l1, {"l1": 0.1, "learning_rate": 0.1}),
+    "prox_elastic_net": (optareg.prox_elastic_net, {"l1": 0.1, "l2": 0.1, "learning_rate": 0.1}),
+    "prox_group_lasso": (optareg.prox_group_lasso, {"strength": 0.1, "learning_rate": 0.1}),
+    "prox_nuclear": (optareg.prox_nuclear, {"strength": 0.1, "learning_rate": 0.1}),
+    "prox_adam": (optareg.prox_adam, {"learning_rate": 0.1, "l1": 0.1}),
+}
+ROWS += [
+    Row(_n, _f, {**_kw, "metrics_every": _bad}, "metrics_every")
+    for _n, (_f, _kw) in _EVERY.items()
+    for _bad in (0, -1, 1.5, True, "10")
+]
+ROWS += [
+    Row(
+        "prox_group_lasso",
+        optareg.prox_group_lasso,
+        {**_EVERY["prox_group_lasso"][1], "layout": _bad},
+        "layout",
+    )
+    for _bad in ("keras", None, 0)
+]
+
+# --- chain ------------------------------------------------------------------------------------
+ROWS += [
+    Row("chain", optareg.chain, {}, "prox_l1", args=(optareg.prox_l1(0.1, 0.1), optax.sgd(0.1))),
+    Row("chain", optareg.chain, {}, "sam_perturb", args=(optax.sgd(0.1), optareg.sam_perturb())),
 ]
 
 # --- operators (scalar arguments given as Python / NumPy numbers are checked eagerly) ----------
