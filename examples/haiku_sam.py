@@ -1,12 +1,24 @@
 """The SAM training step written with Haiku: ``optareg.sam_perturb`` is framework-neutral.
 
-``sam_perturb`` only sees pytrees and a ``grad_fn(params) -> grads`` closure, so the same three
-lines that train the Flax NNX model of ``examples/sam_flatness.py`` train a Haiku model::
+``sam_perturb`` only sees pytrees and a ``grad_fn(params) -> grads`` closure. With
+``tx = optareg.chain(optareg.sam_perturb(rho), optax.sgd(lr, momentum=0.9))`` the Haiku step
+(this script) and the Flax NNX step are::
 
+    # Haiku (any pytree of parameters)
     grads = jax.grad(loss)(params, x, y)
     updates, opt_state = tx.update(grads, opt_state, params,
                                    grad_fn=lambda p: jax.grad(loss)(p, x, y))
     params = optax.apply_updates(params, updates)
+
+    # Flax NNX (optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param), inside nnx.jit)
+    grad_fn = optareg.nnx_sam_grad_fn(loss_fn, model, x, y)  # before the clean pass
+    grads = nnx.grad(loss_fn)(model, x, y)
+    optimizer.update(model, grads, grad_fn=grad_fn)
+
+``nnx_sam_grad_fn`` snapshots BatchNorm statistics and Dropout RNG state before the clean pass,
+so the perturbed pass draws the same dropout mask and leaves the statistics alone (see
+``docs/families/sam.md``). A Haiku model with state (``hk.transform_with_state``) does the same
+by hand: ``grad_fn`` uses the state of the clean pass's start and drops the new state.
 
 Data: scikit-learn's bundled digits (pixels scaled to [0, 1], 2/3 – 1/3 split). Model:
 ``hk.nets.MLP([128, 128, 10])``. It trains the same network with plain SGD, with SAM and with
@@ -63,8 +75,11 @@ def main(argv=None):
     base = lambda: optax.sgd(args.lr, momentum=0.9)  # noqa: E731
     runs = {
         "SGD": (base(), False),
-        "SAM": (optax.chain(optareg.sam_perturb(args.rho), base()), True),
-        "LookSAM k=5": (optax.chain(optareg.sam_perturb(args.rho, reuse_every=5), base()), True),
+        "SAM": (optareg.chain(optareg.sam_perturb(args.rho), base()), True),
+        "LookSAM k=5": (
+            optareg.chain(optareg.sam_perturb(args.rho, reuse_every=5), base()),
+            True,
+        ),
     }
     print(f"Haiku MLP 64-128-128-10 on digits, {args.steps} steps of batch {args.batch}")
     print(

@@ -3,15 +3,26 @@
 Data: scikit-learn's bundled handwritten digits (1797 images of 8x8 pixels, 10 classes), split
 into 80% train / 20% validation (stratified, fixed seed). Model: a two-layer Flax NNX MLP.
 
-The optimizer is AdamW written as a chain of pieces, with diagnostics around it::
+The optimizer is SAM + AdamW written as a chain of pieces, with diagnostics around it::
 
-    optax.chain(
+    optareg.chain(                                 # optax.chain that checks the order
         optareg.track(name="raw"),                 # records the raw gradients' norm
+        optareg.sam_perturb(ρ),                    # SAM: the gradient at θ + ε (goes first)
         optax.scale_by_adam(),
         optareg.add_decayed_weights(λ, mask=optareg.masks.decay_mask),  # kernels only
         optax.scale_by_learning_rate(η),           # decay applied: η·λ·θ (PyTorch convention)
         optareg.track(name="step"),                # records ‖Δθ‖, ‖θ‖, ‖Δθ‖/‖θ‖, sparsity
     )
+
+SAM needs ``grad_fn``, the gradient at other weights on the same batch. For an NNX model it is
+``optareg.nnx_sam_grad_fn(loss_fn, model)``, built *before* the clean pass (it snapshots
+BatchNorm statistics and Dropout RNG state, so both passes see the same ones)::
+
+    grad_fn = optareg.nnx_sam_grad_fn(loss_fn, model)
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads, grad_fn=grad_fn)
+
+``--rho 0`` drops SAM (plain AdamW, one gradient per step).
 
 Each epoch prints the train loss, the validation accuracy, the parameter norm and the
 update/parameter ratio ‖Δθ‖/‖θ‖ of the last step, all read from the optimizer state with
@@ -23,7 +34,8 @@ column shows the sparsity of θ) and ``--max-sigma c`` adds ``optareg.spectral_c
 matrix kept at spectral norm ≤ c; a ``max σ`` column shows the largest estimate).
 
 Run: ``python examples/quickstart.py`` (about 10 s on 2 CPU cores; ``--epochs``, ``--hidden``,
-``--batch-size``, ``--lr``, ``--weight-decay``, ``--patience``, ``--l1``, ``--max-sigma``).
+``--batch-size``, ``--lr``, ``--weight-decay``, ``--rho``, ``--patience``, ``--l1``,
+``--max-sigma``).
 """
 
 from __future__ import annotations
@@ -59,19 +71,20 @@ class MLP(nnx.Module):
 
 
 def make_optimizer(
-    lr: float, weight_decay: float, l1: float = 0.0, max_sigma: float = 0.0
+    lr: float, weight_decay: float, l1: float = 0.0, max_sigma: float = 0.0, rho: float = 0.0
 ) -> optax.GradientTransformation:
-    # Post-step regularizers (optional, off by default) go after the learning rate, before the
-    # last track so that it measures the step actually applied.
-    # TODO(quickstart): optareg.sam_perturb(rho) goes first and needs
-    #   optimizer.update(model, grads, grad_fn=...) with a grad_fn over the pure NNX params.
+    # SAM (an extra-args transform) goes first, after the raw-gradient track; update() then
+    # needs grad_fn. Post-step regularizers (optional, off by default) go after the learning
+    # rate, before the last track so that it measures the step actually applied.
+    sam = [optareg.sam_perturb(rho)] if rho > 0 else []
     post = []
     if l1 > 0:
         post.append(optareg.prox_l1(l1, lr, mask=optareg.masks.decay_mask))  # exact zeros
     if max_sigma > 0:
         post.append(optareg.spectral_clip(max_sigma, method="power"))  # ‖W‖₂ ≤ max_sigma
-    return optax.chain(
+    return optareg.chain(
         optareg.track(name="raw"),
+        *sam,
         optax.scale_by_adam(),
         optareg.add_decayed_weights(weight_decay, mask=optareg.masks.decay_mask),
         optax.scale_by_learning_rate(lr),
@@ -87,6 +100,7 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--weight-decay", type=float, default=1e-2)
+    parser.add_argument("--rho", type=float, default=0.05, help="SAM radius (0: no SAM)")
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--l1", type=float, default=0.0, help="prox_l1 strength, e.g. 0.1 (0: off)")
     parser.add_argument(
@@ -98,7 +112,7 @@ def main(argv=None):
 
     x_tr, x_va, y_tr, y_va = load_data(args.seed)
     model = MLP(x_tr.shape[1], args.hidden, 10, nnx.Rngs(args.seed))
-    tx = make_optimizer(args.lr, args.weight_decay, args.l1, args.max_sigma)
+    tx = make_optimizer(args.lr, args.weight_decay, args.l1, args.max_sigma, args.rho)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     stopper = optareg.early_stopping(args.patience, mode="max")
     es_update = jax.jit(stopper.update)
@@ -109,8 +123,11 @@ def main(argv=None):
         def loss_fn(model):
             return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
 
+        extra = {}
+        if args.rho > 0:  # SAM's grad_fn, built before the clean pass (see the docstring)
+            extra["grad_fn"] = optareg.nnx_sam_grad_fn(loss_fn, model)
         loss, grads = nnx.value_and_grad(loss_fn)(model)
-        optimizer.update(model, grads)
+        optimizer.update(model, grads, **extra)
         return loss, optareg.metrics(optimizer.opt_state)
 
     @nnx.jit
@@ -122,6 +139,7 @@ def main(argv=None):
     header = (
         f"{'epoch':>5} {'train loss':>10} {'val acc':>8} {'‖θ‖':>8} {'‖Δθ‖/‖θ‖':>9} "
         f"{'raw ‖g‖':>8} {'non-finite':>10}"
+        + (f" {'SAM cos':>7}" if args.rho > 0 else "")
         + (f" {'zeros':>6}" if args.l1 > 0 else "")
         + (f" {'max σ':>6}" if args.max_sigma > 0 else "")
     )
@@ -141,6 +159,7 @@ def main(argv=None):
             f"{epoch:5d} {float(np.mean(jax.device_get(losses))):10.4f} {float(val_acc):8.4f} "
             f"{m['step/param_norm']:8.3f} {m['step/update_ratio']:9.2e} "
             f"{m['raw/grad_norm']:8.3f} {int(m['raw/nonfinite']):10d}"
+            + (f" {m['sam_perturb/cos']:7.3f}" if args.rho > 0 else "")
             + (f" {m['step/sparsity']:6.3f}" if args.l1 > 0 else "")
             + (f" {m['spectral_clip/sigma_max']:6.3f}" if args.max_sigma > 0 else "")
         )

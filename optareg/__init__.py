@@ -8,7 +8,8 @@ jit-compiles and runs unchanged on CPU, GPU, TPU and sharded meshes. The kinds:
 * post-step (last in the chain, returns ``P(θ + u) − θ``): :func:`decoupled_weight_decay`,
   the ``prox_*`` family, :func:`spectral_clip`, the constraints :func:`max_norm`,
   :func:`unit_norm`, :func:`non_neg`, :func:`project`;
-* extra-args (first in the chain, needs ``grad_fn``): :func:`sam_perturb`.
+* extra-args (first in the chain, needs ``grad_fn``): :func:`sam_perturb`, and the pass-through
+  :func:`sharpness_monitor` (top Hessian eigenvalue, edge of stability).
 * final (the very last): :func:`low_precision_updates`, so that bfloat16 / float16
   parameters take every step (Kahan or stochastic rounding).
 
@@ -44,6 +45,7 @@ from optareg.proximal import (
     prox_nuclear,
 )
 from optareg.sam import SamPerturbState, sam_perturb
+from optareg.sharpness import SharpnessMonitorState, hessian_top_eigenvalue, sharpness_monitor
 from optareg.nnx_utils import sam_grad_fn as nnx_sam_grad_fn
 from optareg.spectral import SpectralClipState, spectral_clip, spectral_norms
 
@@ -58,6 +60,7 @@ __all__ = [
     "LowPrecisionState",
     "ProxAdamState",
     "SamPerturbState",
+    "SharpnessMonitorState",
     "SpectralClipState",
     "TrackState",
     "add_decayed_weights",
@@ -66,6 +69,7 @@ __all__ = [
     "decay_schedule",
     "decoupled_weight_decay",
     "early_stopping",
+    "hessian_top_eigenvalue",
     "low_precision_updates",
     "masks",
     "max_norm",
@@ -81,6 +85,7 @@ __all__ = [
     "prox_l1",
     "prox_nuclear",
     "sam_perturb",
+    "sharpness_monitor",
     "spectral_clip",
     "spectral_norms",
     "track",

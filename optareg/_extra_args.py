@@ -33,7 +33,8 @@ def require_grad_fn(grad_fn: Any, name: str) -> Callable:
     """``grad_fn`` itself, or a ``ValueError`` saying how to pass it."""
     if grad_fn is None:
         raise ValueError(
-            f"{name}: `grad_fn` is missing. Call `tx.update(grads, state, params, "
+            f"{name}: `grad_fn` is missing; it must be a function params -> grads. Call "
+            "`tx.update(grads, state, params, "
             "grad_fn=lambda p: jax.grad(loss)(p, batch))`, closing over the same batch (and RNG) "
             "that gave `grads`; `optax.chain` forwards the keyword."
         )

@@ -6,8 +6,10 @@ One home for each guard so that they cannot drift apart:
 * :func:`pow2_scale` / :func:`max_abs_scale` / :func:`div_by_scale`: exact rescaling by a power
   of two (or a safe ``max|x|``), so squares and Gram matrices never overflow;
 * :func:`safe_inv`: ``1/n`` where ``n > 0``, else 0 (a zero vector is never divided by zero);
-* :func:`zero_counts` / :func:`nonfinite_counts` / :func:`zeros_fraction`: exact counts in the
-  forms XLA compiles to memory speed (see ``bench/suite_stats.py``).
+* :func:`fused_sums` / :func:`row_sums`: several statistics of a leaf (exact int32 counts and
+  float sums) in one pass over it, in the forms XLA compiles to memory speed (see
+  ``bench/suite_stats.py``); :func:`zero_counts` / :func:`nonfinite_counts` /
+  :func:`zeros_fraction` are built on them.
 """
 
 from __future__ import annotations
@@ -20,12 +22,16 @@ import jax.numpy as jnp
 
 __all__ = [
     "compute_dtype",
+    "count_total",
+    "fraction",
+    "fused_sums",
     "div_by_scale",
     "matrix_transpose",
     "max_abs_scale",
     "nonfinite_counts",
     "nonzero_count",
     "pow2_scale",
+    "rounded_to",
     "safe_inv",
     "upcast",
     "zero_counts",
@@ -41,6 +47,22 @@ def compute_dtype(*xs: Any) -> jnp.dtype:
 def upcast(x: jax.Array) -> jax.Array:
     """``x`` in its compute dtype (bf16/f16 → float32; float32/float64 unchanged)."""
     return x.astype(compute_dtype(x))
+
+
+def rounded_to(x: jax.Array, dtype: Any) -> jax.Array:
+    """``x`` rounded to ``dtype`` (narrower than ``x``'s), kept in ``x``'s dtype.
+
+    ``x.astype(dtype).astype(x.dtype)`` is not enough under ``jit``: XLA may drop the round
+    trip (excess precision is allowed by default), so a bfloat16 rounding that makes an update
+    vanish would go unseen. ``lax.reduce_precision`` is kept, and rounds the same way.
+    """
+    dtype = jnp.dtype(dtype)
+    if dtype == x.dtype or not jnp.issubdtype(dtype, jnp.floating):
+        return x
+    fi = jnp.finfo(dtype)
+    if jnp.finfo(x.dtype).bits <= fi.bits:
+        return x.astype(dtype).astype(x.dtype)
+    return jax.lax.reduce_precision(x, exponent_bits=fi.nexp, mantissa_bits=fi.nmant)
 
 
 def matrix_transpose(x: jax.Array) -> jax.Array:
@@ -81,35 +103,160 @@ def div_by_scale(x: jax.Array, a: jax.Array) -> jax.Array:
 
 
 # --------------------------------------------------------------------------------------------
-# exact counts at memory speed
+# statistics in one pass: exact counts and sums at memory speed
 # --------------------------------------------------------------------------------------------
+#
+# What XLA compiles to memory speed (measured in ``bench/suite_stats.py``, HLO inspected with
+# ``jax.jit(f).lower(...).compile().as_text()``):
+#
+# * One *variadic* reduction over the last axis (``lax.reduce`` of several same-shaped terms)
+#   is one loop over the data that yields every term's row sums. Counts are int32 terms
+#   (``(x == 0).astype(int32)``): exact, with no fallback for NaN, ±0 or Inf.
+# * XLA:CPU vectorizes that loop only while it holds at most one floating-point accumulator
+#   (it marks the reduction ``reassoc`` only then), so on CPU the first float term rides with
+#   the integer terms and every further float term is its own single-term reduction (which
+#   XLA:CPU hands to YNNPACK: vectorized, multi-threaded, as long as the term is plain
+#   arithmetic). Elsewhere (GPU, TPU) all terms share one reduction.
+# * A reduction whose only term is an integer (or a predicate) is rewritten by XLA:CPU into a
+#   tree of ``reduce-window`` passes over a *materialized* input: never emitted here (a float
+#   term always rides along, and is kept alive).
+# * Nothing here materializes an array of the input's size: on XLA:CPU every such temporary is
+#   fresh memory on every step (page faults), which costs more than the arithmetic.
+#
+# Subnormals count as whatever the backend's arithmetic makes of them: XLA:CPU flushes them to
+# zero (FTZ/DAZ), so there a subnormal is a zero, consistently with every other operation.
+
+_MIN_ROW = 128  # merge trailing axes of a leaf until its rows are at least this long
+_SPLIT_1D = 16384  # 1-D leaves longer than this are summed as rows of _ROW_1D entries
+_ROW_1D = 4096
+
+
+def _as_rows(t: jax.Array) -> jax.Array:
+    """``t`` viewed so that its last axis is a reasonable row (a free, row-major reshape)."""
+    if t.ndim == 0:
+        return t.reshape(1)
+    if t.ndim == 1:
+        if t.size > _SPLIT_1D and t.size % _ROW_1D == 0:
+            return t.reshape(-1, _ROW_1D)
+        return t
+    k, cols = t.ndim - 1, t.shape[-1]
+    while k > 0 and cols < _MIN_ROW:
+        k -= 1
+        cols *= t.shape[k]
+    return t if k == t.ndim - 1 else t.reshape(*t.shape[:k], cols)
+
+
+def _is_float(t: jax.Array) -> bool:
+    return jnp.issubdtype(t.dtype, jnp.floating)
+
+
+def _add(a, b):
+    return tuple(x + y for x, y in zip(a, b, strict=True))
+
+
+def _reduce_rows(arrays: Sequence[jax.Array], slots: bool = False) -> list[jax.Array]:
+    """One (variadic) reduction of same-shaped arrays over their last axis, then the sum over
+    the remaining axes (all of them, or all but the trailing slot axis when ``slots``)."""
+    inits = tuple(jnp.zeros([], a.dtype) for a in arrays)
+    rows = jax.lax.reduce(tuple(arrays), inits, _add, (arrays[0].ndim - 1,))
+    return [jnp.sum(r, axis=tuple(range(r.ndim - slots)), dtype=r.dtype) for r in rows]
+
+
+def _sums_one_pass(terms: list[jax.Array]) -> list[jax.Array]:
+    """All terms in one variadic reduction (GPU, TPU: several accumulators are no problem)."""
+    return _reduce_rows(terms)
+
+
+def _sums_cpu(terms: list[jax.Array]) -> list[jax.Array]:
+    """XLA:CPU vectorizes a reduction only while it has one float accumulator: with several
+    float terms, they are stacked along a new axis (``(..., K, C)``, one float operand) beside
+    the stacked integer terms, so each row is read once and every slot is a vectorized loop."""
+    floats = [i for i, t in enumerate(terms) if _is_float(t)]
+    if len(floats) <= 1:
+        return _reduce_rows(terms)
+    ints = [i for i in range(len(terms)) if i not in floats]
+    k = max(len(floats), len(ints))
+
+    def stack(idx):
+        slots = [terms[i] for i in idx]
+        slots += [jnp.zeros_like(slots[0])] * (k - len(slots))  # zero slots cost ~nothing
+        return jnp.concatenate([t[..., None, :] for t in slots], axis=-2)
+
+    f_sums, i_sums = _reduce_rows([stack(floats), stack(ints)], slots=True)
+    out: list[Any] = [None] * len(terms)
+    for j, i in enumerate(floats):
+        out[i] = f_sums[j]
+    for j, i in enumerate(ints):
+        out[i] = i_sums[j]
+    return out
+
+
+def fused_sums(terms: Sequence[jax.Array]) -> list[jax.Array]:
+    """Σ over all entries of each same-shaped term, in one pass over the data.
+
+    Integer terms (indicators such as ``(x == 0).astype(jnp.int32)``) are summed in int32:
+    exact counts, with no fallback path for NaN, ±0 or Inf. Floating terms are summed in at
+    least float32 (row sums, then a sum of the rows: accurate). The forms are those XLA
+    compiles to one vectorized loop over the data (see the notes above): on CPU several float
+    terms are stacked into one accumulator operand, elsewhere one variadic reduction holds them
+    all.
+
+    Args:
+      terms: arrays of one shape (integer or floating), usually elementwise expressions of a
+        leaf that XLA fuses into the reduction.
+
+    Returns:
+      One scalar per term (int32 for integer terms, the float dtype for float terms).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from optareg._numerics import fused_sums
+      >>> x = jnp.array([[0.0, -0.0, 2.0], [jnp.nan, jnp.inf, 3.0]])
+      >>> ok = jnp.isfinite(x)
+      >>> zeros, bad, ssq = fused_sums([(x == 0).astype(jnp.int32), (~ok).astype(jnp.int32),
+      ...                               jnp.where(ok, x, 0) ** 2])
+      >>> int(zeros), int(bad), float(ssq)
+      (2, 2, 13.0)
+    """
+    terms = [_as_rows(jnp.asarray(t)) for t in terms]
+    if not terms:
+        return []
+    fdt = jnp.promote_types(
+        jnp.result_type(*[t for t in terms if _is_float(t)] or [jnp.float32]), jnp.float32
+    )
+    terms = [t.astype(fdt) if _is_float(t) else t.astype(jnp.int32) for t in terms]
+    if terms[0].size == 0:
+        return [jnp.zeros([], t.dtype) for t in terms]
+    n = len(terms)
+    extra = []  # riders that keep XLA on the variadic form (an unused one would be removed)
+    if not any(_is_float(t) for t in terms):
+        extra.append(terms[0].astype(fdt))
+    elif sum(_is_float(t) for t in terms) > 1 and all(_is_float(t) for t in terms):
+        extra.append((terms[0] != 0).astype(jnp.int32))
+    sums = jax.lax.platform_dependent(
+        terms + extra, cpu=_sums_cpu, default=_sums_one_pass
+    )
+    keep = sum(((x < 0) if x.dtype == jnp.int32 else (x > jnp.inf)) for x in sums[n:])
+    return [x + jnp.asarray(keep, x.dtype) for x in sums[:n]] if extra else sums
 
 
 def nonzero_count(x: jax.Array) -> jax.Array:
-    """Σ|sign(x)| in float32: the number of non-zero entries, NaN if ``x`` holds a NaN.
+    """The number of entries of ``x`` that are not zero (NaN and ±Inf count), as float32.
 
-    Arithmetic rather than a summed predicate: XLA's CPU backend vectorizes a sum of floats but
-    not a sum of booleans (``bench/suite_stats.py`` measures both forms).
+    Exact (an int32 count in one vectorized pass, see :func:`fused_sums`); ``-0.0`` is a zero.
     """
-    return jnp.sum(jnp.abs(jnp.sign(x)), dtype=jnp.float32)
+    (count,) = fused_sums([(jnp.asarray(x) != 0).astype(jnp.int32)])
+    return count.astype(jnp.float32)
 
 
 def zero_counts(leaves: Sequence[jax.Array]) -> list[jax.Array]:
-    """Number of exact zeros of each leaf, as float32 scalars.
+    """Number of exact zeros (``+0.0`` and ``-0.0``; a NaN is not a zero) of each leaf, float32.
 
-    One vectorized pass per leaf; only when some leaf holds a NaN does a ``lax.cond`` recount all
-    of them exactly with comparisons (a NaN is not a zero).
+    One pass per leaf, exact int32 counting (no fallback path, no ``lax.cond``).
     """
-    leaves = list(leaves)
-    if not leaves:
-        return []
-    fast = jnp.stack([x.size - nonzero_count(x) for x in leaves])
-
-    def exact(leaves):
-        return jnp.stack([jnp.sum(x == 0, dtype=jnp.float32) for x in leaves])
-
-    counts = jax.lax.cond(jnp.any(jnp.isnan(fast)), exact, lambda _: fast, leaves)
-    return [counts[i] for i in range(len(leaves))]
+    return [
+        fused_sums([(jnp.asarray(x) == 0).astype(jnp.int32)])[0].astype(jnp.float32) for x in leaves
+    ]
 
 
 def nonfinite_counts(
@@ -117,32 +264,47 @@ def nonfinite_counts(
 ) -> list[jax.Array]:
     """Number of NaN/Inf entries of each leaf, as int32 scalars.
 
-    A cheap probe decides whether the exact count is needed: by default Σ x·0 per leaf (0 when
-    every entry is finite, NaN otherwise); a caller that already has the per-leaf Σx² passes it
-    as ``probe`` (it is finite only if every entry is). The exact count runs behind one
-    ``lax.cond``.
+    Without ``probe``: one exact counting pass per leaf. A caller that already has a per-leaf
+    quantity that is finite only if every entry is (e.g. the per-leaf Σx²) passes it as
+    ``probe``: the exact count then runs behind one ``lax.cond`` only when a probe is not finite.
     """
     leaves = list(leaves)
     if not leaves:
         return []
-    if probe is None:
-        probe = jnp.stack([jnp.sum(x * 0, dtype=jnp.float32) for x in leaves])
-    probe = jnp.where(jnp.isfinite(probe), 0.0, jnp.nan)
 
     def exact(leaves):
-        return jnp.stack([jnp.sum(~jnp.isfinite(x), dtype=jnp.int32) for x in leaves])
+        return jnp.stack([fused_sums([(~jnp.isfinite(x)).astype(jnp.int32)])[0] for x in leaves])
 
-    def none(_):
-        return jnp.zeros([len(leaves)], jnp.int32)
-
-    counts = jax.lax.cond(jnp.any(jnp.isnan(probe)), exact, none, leaves)
+    if probe is None:
+        counts = exact(leaves)
+    else:
+        bad = jnp.any(~jnp.isfinite(jnp.asarray(probe)))
+        counts = jax.lax.cond(bad, exact, lambda _: jnp.zeros([len(leaves)], jnp.int32), leaves)
     return [counts[i] for i in range(len(leaves))]
+
+
+def count_total(counts: Sequence[jax.Array], total_size: int) -> jax.Array:
+    """The sum of exact per-leaf int32 counts: int32 while it cannot overflow, else float32."""
+    counts = [jnp.asarray(c) for c in counts]
+    if not counts:
+        return jnp.zeros([], jnp.int32)
+    if total_size < 2**31:
+        return sum(counts[1:], counts[0].astype(jnp.int32))
+    return sum((c.astype(jnp.float32) for c in counts[1:]), counts[0].astype(jnp.float32))
+
+
+def fraction(count: jax.Array, total: int) -> jax.Array:
+    """``count / total`` as float32 (0 when ``total`` is 0)."""
+    if total == 0:
+        return jnp.zeros([], jnp.float32)
+    return (jnp.asarray(count).astype(jnp.float32) / jnp.float32(total)).astype(jnp.float32)
 
 
 def zeros_fraction(leaves: Sequence[jax.Array]) -> jax.Array:
     """Fraction of exact zeros over all entries of ``leaves`` (0 for no entries)."""
     leaves = list(leaves)
-    total = sum(int(x.size) for x in leaves)
-    if total == 0:
-        return jnp.zeros([], jnp.float32)
-    return (sum(zero_counts(leaves)) / total).astype(jnp.float32)
+    total = sum(int(jnp.size(x)) for x in leaves)
+    counts = [
+        fused_sums([(jnp.asarray(x) == 0).astype(jnp.int32)])[0] for x in leaves if jnp.size(x)
+    ]
+    return fraction(count_total(counts, total), total)

@@ -155,7 +155,7 @@ def transformation(
       An ``optax.GradientTransformationExtraArgs``.
     """
     hyperparams = dict(hyperparams or {})
-    stat_keys, stats_fn = stats if stats is not None else ((), None)
+    stat_keys = stats[0] if stats is not None else ()
     state_cls = state_cls or PostStepState
     stateful = init_state is not None
     every = _validation.check_metrics_every(metrics_every)
@@ -177,7 +177,8 @@ def transformation(
         _validation.require_params(params, name)
         hp = {k: _counters.evaluate(v, state.count) for k, v in hyperparams.items()}
         treedef = jax.tree.structure(updates, is_leaf=_is_none)
-        fields = {f: _flatten_field(treedef, getattr(state, f)) for f in _field_names()}
+        names = [f for f in state_cls._fields if f not in ("count", "stats")]
+        fields = {f: _flatten_field(treedef, getattr(state, f)) for f in names}
         flat_u, flat_p = treedef.flatten_up_to(updates), treedef.flatten_up_to(params)
         paths = _paths.leaf_paths(params, treedef)
         new_u, new_fields, leaves, ys = (
@@ -196,7 +197,7 @@ def transformation(
             for f in new_fields:
                 new_fields[f][i] = leaf_state[f]
             leaves.append(leaf), ys.append(y)
-        stat_values = _stats_of(state, leaves, ys, hp)
+        stat_values = _statistics(name, stats, every, state, (leaves, ys, hp))
         tree_fields = {
             f: None if getattr(state, f) is None else treedef.unflatten(v)
             for f, v in new_fields.items()
@@ -204,22 +205,21 @@ def transformation(
         count = _counters.increment(state.count)
         return treedef.unflatten(new_u), make_state(count, tree_fields, stat_values)
 
-    def _field_names():
-        return [f for f in state_cls._fields if f not in ("count", "stats")]
-
-    def _stats_of(state, leaves, ys, hp):
-        if stats_fn is None:
-            return _empty_stats(name, ())
-        previous = state.stats
-
-        def compute():
-            values = stats_fn(leaves, ys, hp)
-            return {f"{name}/{k}": jnp.asarray(values[k], jnp.float32) for k in stat_keys}
-
-        return _counters.on_metrics_step(every, state.count, compute, previous)
-
     tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
     return _chain.tag(_masking.masked_if(tx, mask), kind, name)
+
+
+def _statistics(name, stats, every, state, args):
+    """The statistics of this step (every ``every`` steps; the previous values otherwise)."""
+    if stats is None:
+        return {}
+    keys, fn = stats
+
+    def compute():
+        values = fn(*args)
+        return {f"{name}/{k}": jnp.asarray(values[k], jnp.float32) for k in keys}
+
+    return _counters.on_metrics_step(every, state.count, compute, state.stats)
 
 
 def map_with_paths(fn: Callable[[Any, str], Any], params: Any) -> Any:

@@ -3,8 +3,9 @@
 Two pieces:
 
 * :func:`track`, a pass-through ``optax`` transform that records, at its position in the chain,
-  the norms, the update/parameter ratio, the sparsity of the would-be new parameters and a count
-  of non-finite entries;
+  the norms, the update/parameter ratio, the change that actually lands (``applied_update_ratio``,
+  ``lost_update_fraction``), the sparsity of the would-be new parameters and a count of
+  non-finite entries, all in one pass over each leaf, every ``metrics_every`` steps;
 * :func:`metrics`, which walks any optimizer state and returns every metric an optareg transform
   recorded (``track``, ``sam_perturb``, ``spectral_clip``, the ``prox_*`` family ...) as one flat
   ``dict[str, jax.Array]`` with the same keys at every step.
@@ -12,17 +13,27 @@ Two pieces:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from optareg import _base
+from optareg import _chain, _counters, _numerics, _paths, _validation
 
 __all__ = ["TrackState", "metrics", "track"]
 
-_METRICS = ("grad_norm", "param_norm", "update_norm", "update_ratio", "sparsity", "nonfinite")
+_METRICS = (
+    "grad_norm",
+    "param_norm",
+    "update_norm",
+    "update_ratio",
+    "sparsity",
+    "nonfinite",
+    "applied_update_ratio",
+    "lost_update_fraction",
+)
 
 
 def _has_metrics(x: Any) -> bool:
@@ -78,39 +89,19 @@ def metrics(opt_state: Any) -> dict[str, jax.Array]:
 # --------------------------------------------------------------------------------------------
 
 
-def path_to_str(path: tuple[Any, ...]) -> str:
-    """``"dense1/kernel"`` from a JAX key path (a trailing NNX ``.value`` is dropped)."""
-    parts = []
-    for k in path:
-        if isinstance(k, jax.tree_util.DictKey):
-            parts.append(str(k.key))
-        elif isinstance(k, jax.tree_util.GetAttrKey):
-            parts.append(k.name)
-        elif isinstance(k, jax.tree_util.SequenceKey):
-            parts.append(str(k.idx))
-        elif isinstance(k, jax.tree_util.FlattenedIndexKey):
-            parts.append(str(k.key))
-        else:  # pragma: no cover - future key types
-            parts.append(str(k))
-    if (
-        len(parts) > 1
-        and parts[-1] in ("value", "raw_value")
-        and isinstance(path[-1], jax.tree_util.GetAttrKey)
-    ):
-        parts.pop()
-    return "/".join(parts)
-
-
 class TrackState(NamedTuple):
     """State of :func:`track`.
 
     Attributes:
-      stats: the scalar metrics of the last step, keyed ``"<name>/<metric>"`` (float32, except
-        ``nonfinite`` which is int32).
+      count: int32 step counter of shape ``()``; the statistics are computed on the steps where
+        ``count % metrics_every == 0`` (step 0 included) and held in between.
+      stats: the scalar metrics of the last metrics step, keyed ``"<name>/<metric>"`` (float32,
+        except ``nonfinite`` which is int32).
       per_leaf: with ``per_leaf=True``, ``"<name>/<metric>"`` → a params-structured tree holding
         that metric for each leaf (scalars); ``None`` otherwise.
     """
 
+    count: jax.Array  # int32, shape ()
     stats: dict[str, jax.Array]
     per_leaf: dict[str, Any] | None
 
@@ -119,7 +110,7 @@ class TrackState(NamedTuple):
         if self.per_leaf is not None:
             for key, tree in self.per_leaf.items():
                 for path, value in jax.tree_util.tree_flatten_with_path(tree)[0]:
-                    out[f"{key}/{path_to_str(path)}"] = value
+                    out[f"{key}/{_paths.path_str(path)}"] = value
         return out
 
 
@@ -132,99 +123,170 @@ def _zero(metric: str) -> jax.Array:
 
 
 _DOWN = 2.0**-100  # exact power-of-two rescaling: max float32 · 2⁻¹⁰⁰ ≈ 2.7e8, squares fit
+_SSQ = ("u", "theta", "d")  # the three sums of squares of a leaf: u, θ and the applied change
+_COUNTS = ("zeros", "nonfinite", "moved", "lost")
 
 
-def _ssq(x: jax.Array, scale: float | None = None) -> jax.Array:
-    """Σx² of one leaf in (at least) float32; with ``scale``, Σ(x·scale)²."""
-    x = x.astype(_base.compute_dtype(x))
-    if scale is not None:
-        # The barrier stops XLA from reassociating (x·c)² into x²·c² (c² underflows to 0).
-        x = jax.lax.optimization_barrier(x * scale)
-    return jnp.sum(jnp.square(x))
+def _leaf_terms(u: jax.Array, p: jax.Array) -> dict[str, jax.Array]:
+    """The per-entry terms of one leaf, summed in one pass by :func:`_numerics.fused_sums`.
 
-
-def _norms(leaves: list[jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Per-leaf norms (a vector), the global norm, and the raw per-leaf Σx², overflow-safe.
-
-    One pass computes every Σx²; only if the total overflows (entries ≳ 1e19) does a single
-    ``lax.cond`` run a second pass with every leaf rescaled by the exact power of two 2⁻¹⁰⁰
-    (a power of two, so the rescaling is exact and its reciprocal a normal number; entries it
-    sends below the normal range are negligible next to one whose square overflowed).
+    ``y = θ + u`` rounded to θ's dtype is what ``optax.apply_updates`` lands on (held in the
+    compute dtype, see :func:`_numerics.rounded_to`); ``d = y − θ`` is the change that lands.
+    Besides the squares, the squares of the entries times the exact power of two 2⁻¹⁰⁰: the
+    norms when a plain sum of squares overflows (entries ≳ 1e19), with no second pass.
     """
-    ssq = jnp.stack([_ssq(x) for x in leaves])
-    total = jnp.sum(ssq)
+    p = jnp.asarray(p)
+    dt = _numerics.compute_dtype(p, u)
+    y = _numerics.rounded_to(jnp.asarray(p + u).astype(dt), p.dtype)
+    u32, t32 = u.astype(dt), p.astype(dt)
+    d = y - t32
+    # A runtime scale (not a constant XLA could fold into c² = 2⁻²⁰⁰, which underflows).
+    down = jax.lax.optimization_barrier(jnp.asarray(_DOWN, dt))
+    i32 = jnp.int32
+    moved = u32 != 0
+    terms = {k: x * x for k, x in zip(_SSQ, (u32, t32, d), strict=True)}
+    terms |= {f"{k}_down": jnp.square(x * down) for k, x in zip(_SSQ, (u32, t32, d), strict=True)}
+    terms |= {
+        "zeros": (y == 0).astype(i32),
+        "nonfinite": (~jnp.isfinite(u32)).astype(i32),
+        "moved": moved.astype(i32),
+        "lost": (moved & (d == 0)).astype(i32),
+    }
+    return terms
 
-    def plain(leaves):
-        del leaves
-        return jnp.sqrt(ssq), jnp.sqrt(total), ssq
 
-    def rescued(leaves):
-        s = jnp.stack([_ssq(x, _DOWN) for x in leaves]).astype(ssq.dtype)
-        barrier = jax.lax.optimization_barrier
-        return barrier(jnp.sqrt(s)) / _DOWN, barrier(jnp.sqrt(jnp.sum(s))) / _DOWN, ssq
+def _leaf_stats(u: jax.Array, p: jax.Array) -> dict[str, Any]:
+    """One leaf's counts, its norms and its rescaled norms (``norm·2⁻¹⁰⁰``), from one pass.
 
-    return jax.lax.cond(jnp.isposinf(total), rescued, plain, leaves)
-
-
-def _ratio(u_norm: jax.Array, p_norm: jax.Array) -> jax.Array:
-    """‖u‖/‖θ‖, defined as 0 when ‖θ‖ = 0 (a NaN norm still gives NaN)."""
-    zero = p_norm == 0
-    return jnp.where(zero, jnp.zeros_like(u_norm), u_norm / jnp.where(zero, 1, p_norm))
+    Overflow-safe: where a plain sum of squares saturated to +inf the norm comes from the
+    rescaled sum (``sqrt(s)/2⁻¹⁰⁰``, +inf only when the norm itself exceeds float32).
+    """
+    terms = _leaf_terms(u, p)
+    s = dict(zip(terms, _numerics.fused_sums(list(terms.values())), strict=True))
+    over = jnp.any(jnp.stack([jnp.isposinf(s[k]) for k in _SSQ]))
+    rho = {k: jnp.sqrt(s[f"{k}_down"]) for k in _SSQ}
+    norms = {k: jnp.where(over, rho[k] / _DOWN, jnp.sqrt(s[k])) for k in _SSQ}
+    return {"counts": {k: s[k] for k in _COUNTS}, "norm": norms, "rho": rho, "over": over}
 
 
-def _ratios(u_leaves, p_leaves, u_norms, un, p_norms, pn):
-    """Per-leaf and global ‖u‖/‖θ‖; when a norm saturated to +inf, the ratio of the norms of
-    the rescaled leaves (x·2⁻¹⁰⁰, exact), so the ratio stays finite and meaningful."""
+def _empty_leaf_stats(u: jax.Array, p: jax.Array) -> dict[str, Any]:
+    """What :func:`_leaf_stats` returns, filled with zeros (the skipped steps)."""
+    return jax.tree.map(jnp.zeros_like, jax.eval_shape(_leaf_stats, u, p))
 
-    def plain(_):
-        return _ratio(u_norms, p_norms), _ratio(un, pn)
 
-    def rescued(_):
-        su = jnp.stack([_ssq(x, _DOWN) for x in u_leaves]).astype(un.dtype)
-        sp = jnp.stack([_ssq(x, _DOWN) for x in p_leaves]).astype(pn.dtype)
-        return (
-            _ratio(jnp.sqrt(su), jnp.sqrt(sp)),
-            _ratio(jnp.sqrt(jnp.sum(su)), jnp.sqrt(jnp.sum(sp))),
-        )
+def _ratio(num: jax.Array, den: jax.Array) -> jax.Array:
+    """``num/den``, defined as 0 when ``den = 0`` (a NaN still gives NaN)."""
+    zero = den == 0
+    return jnp.where(zero, jnp.zeros_like(num), num / jnp.where(zero, 1, den))
 
-    saturated = jnp.isposinf(un) | jnp.isposinf(pn)
-    return jax.lax.cond(saturated, rescued, plain, None)
+
+def _combine(norms: list[jax.Array]) -> jax.Array:
+    """``sqrt(Σ nᵢ²)`` of per-leaf norms without overflow (scaled by their maximum)."""
+    n = jnp.stack(norms).astype(jnp.float32)
+    top = jnp.max(n)
+    ok = (top > 0) & jnp.isfinite(top)
+    safe = jnp.where(ok, top, 1)
+    return jnp.where(ok, safe * jnp.sqrt(jnp.sum(jnp.square(n / safe))), top)
+
+
+def _metrics_of(counts, norm, rho, over, size):
+    """The metrics of one leaf (or of the whole tree) from its counts and norms."""
+
+    def ratio(k):
+        return jnp.where(over, _ratio(rho[k], rho["theta"]), _ratio(norm[k], norm["theta"]))
+
+    values = {
+        "grad_norm": norm["u"],
+        "param_norm": norm["theta"],
+        "update_norm": norm["u"],
+        "update_ratio": ratio("u"),
+        "sparsity": _numerics.fraction(counts["zeros"], size),
+        "nonfinite": counts["nonfinite"],
+        "applied_update_ratio": ratio("d"),
+        "lost_update_fraction": _ratio(
+            jnp.asarray(counts["lost"], jnp.float32), jnp.asarray(counts["moved"], jnp.float32)
+        ),
+    }
+    return {m: jnp.asarray(values[m]).astype(_dtype(m)) for m in _METRICS}
+
+
+def _tree_metrics(per: list[dict[str, Any]], sizes: list[int]) -> dict[str, jax.Array]:
+    """The global metrics from the per-leaf statistics (scalars only: no pass over the data)."""
+    total = sum(sizes)
+    counts = {
+        k: _numerics.count_total([s["counts"][k] for s in per], total) for k in per[0]["counts"]
+    }
+    norm = {k: _combine([s["norm"][k] for s in per]) for k in _SSQ}
+    rho = {k: _combine([s["rho"][k] for s in per]) for k in _SSQ}
+    over = ~jnp.isfinite(norm["u"]) | ~jnp.isfinite(norm["theta"]) | ~jnp.isfinite(norm["d"])
+    return _metrics_of(counts, norm, rho, over, total)
+
+
+def _hold(on: jax.Array, new: dict[str, jax.Array], old: dict[str, jax.Array]):
+    """``new`` on a metrics step, ``old`` otherwise (scalars)."""
+    return {k: jnp.where(on, new[k], old[k]) for k in new}
+
+
+def _after_stats(u: jax.Array, stats: Any) -> jax.Array:
+    """``u``, unchanged bit for bit, but data-dependent on ``stats`` (on CPU only).
+
+    The statistics read θ; a later in-place update of θ (donated parameters) must wait for
+    them, or XLA:CPU copies θ first (a fresh params-sized buffer, i.e. page faults, on every
+    step). ``flag`` is always false (no value is ``> inf``, NaN included) but XLA cannot know.
+    """
+    total = sum(jnp.sum(jnp.asarray(v, jnp.float32)) for v in jax.tree.leaves(stats))
+    flag = total > jnp.inf
+
+    def cpu(u, flag):
+        return jnp.where(flag, jnp.zeros_like(u), u)
+
+    return jax.lax.platform_dependent(u, flag, cpu=cpu, default=lambda u, flag: u)
 
 
 def track(
-    *, per_leaf: bool = False, name: str = "optareg"
+    *, per_leaf: bool = False, name: str = "optareg", metrics_every: int = 1
 ) -> optax.GradientTransformationExtraArgs:
     r"""Pass-through transform that records diagnostics of the updates it sees.
 
-    The updates come out unchanged, bit for bit; the state holds, for the last step, with ``u``
-    the incoming updates and ``θ`` the current parameters:
+    The updates come out unchanged, bit for bit; the state holds, for the last metrics step,
+    with ``u`` the incoming updates, ``θ`` the current parameters and
+    ``y = optax.apply_updates(θ, u)`` (rounded to θ's dtype):
 
     .. math::
 
         \texttt{grad\_norm} = \texttt{update\_norm} = \lVert u\rVert_2,\quad
         \texttt{param\_norm} = \lVert\theta\rVert_2,\quad
-        \texttt{update\_ratio} = \lVert u\rVert_2 / \lVert\theta\rVert_2,
+        \texttt{update\_ratio} = \lVert u\rVert_2 / \lVert\theta\rVert_2,\quad
+        \texttt{applied\_update\_ratio} = \lVert y - \theta\rVert_2 / \lVert\theta\rVert_2,
 
-    ``sparsity`` = fraction of exact zeros in ``optax.apply_updates(θ, u)`` and ``nonfinite`` =
-    number of NaN/Inf entries of ``u``. Keys are ``"<name>/<metric>"``; read them with
-    :func:`metrics`.
+    ``lost_update_fraction`` = the fraction of the entries with ``u ≠ 0`` whose applied change
+    ``y − θ`` is 0 (updates smaller than half a unit in the last place of θ: 1.0 for bfloat16
+    weights of 1.0 under a step of ``−1e-5``, 0.0 in float32; 0 when no entry has ``u ≠ 0``),
+    ``sparsity`` = the fraction of exact zeros in ``y`` and ``nonfinite`` = the number of
+    NaN/Inf entries of ``u``. Keys are ``"<name>/<metric>"``; read them with :func:`metrics`.
 
     **Placement rule.** ``track`` measures what it receives, so its position decides the meaning:
     placed *first* it sees the raw gradients (read ``grad_norm``); placed *last* it sees the
-    final step Δθ, so ``update_norm`` is ‖Δθ‖, ``update_ratio`` the effective step size ‖Δθ‖/‖θ‖
-    and ``sparsity`` the sparsity of the new parameters. ``grad_norm`` and ``update_norm`` are the
-    same number (the norm of the incoming updates) under two names, so that two instances read
-    well, e.g. ``track(name="raw")`` first (``raw/grad_norm``) and ``track(name="step")`` last
+    final step Δθ, so ``update_norm`` is ‖Δθ‖, ``update_ratio`` the effective step size ‖Δθ‖/‖θ‖,
+    ``applied_update_ratio`` / ``lost_update_fraction`` how much of it survives rounding to the
+    parameters' dtype, and ``sparsity`` the sparsity of the new parameters. ``grad_norm`` and
+    ``update_norm`` are the same number under two names, so that two instances read well, e.g.
+    ``track(name="raw")`` first (``raw/grad_norm``) and ``track(name="step")`` last
     (``step/update_ratio``, ``step/sparsity``).
+
+    **Cost.** Every statistic of a leaf comes from one pass over it (one fused reduction; the
+    counts are exact int32 counts, ±0, NaN, Inf and subnormals included: a subnormal counts as
+    the backend's arithmetic sees it, zero under XLA:CPU's flush-to-zero). With
+    ``metrics_every = k`` the pass runs on the steps where the transform's own counter is a
+    multiple of ``k`` (step 0 included); on the other steps the state keeps the last values and
+    nothing is read. The keys never change.
 
     Norms accumulate in (at least) float32, so bfloat16 parameters give float32-accurate norms.
     They are overflow-safe: only when a sum of squares exceeds the float32 range (entries
     ≳ 1e19, typical of a diverging run) does a second, rescaled pass (by an exact power of two)
-    run, behind one ``lax.cond`` per call, so ``update_ratio`` stays a finite, meaningful number
-    until the entries themselves are infinite. ``update_ratio`` is defined as 0 when
-    ``‖θ‖ = 0`` (never NaN/Inf from the denominator). Otherwise one pass over the updates and
-    parameters; no gradient evaluation. All metrics are stored as float32 scalars, except
-    ``nonfinite`` (int32).
+    run, behind one ``lax.cond``, so the ratios stay finite, meaningful numbers until the
+    entries themselves are infinite. Ratios are 0 when ``‖θ‖ = 0`` (never NaN/Inf from the
+    denominator). All metrics are float32 scalars, except ``nonfinite`` (int32).
 
     With ``per_leaf=True`` the same metrics are also recorded per leaf, keyed by the leaf's tree
     path: ``"<name>/update_ratio/dense1/kernel"`` (a trailing Flax NNX ``.value`` is dropped). The
@@ -233,6 +295,8 @@ def track(
     Args:
       per_leaf: also record every metric for each leaf.
       name: the prefix of the metric keys.
+      metrics_every: compute the statistics every ``metrics_every`` steps (an int ≥ 1; a static
+        argument under ``optax.inject_hyperparams``: ``static_args=("metrics_every",)``).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` (extra keyword arguments are ignored); its
@@ -247,78 +311,70 @@ def track(
       >>> m = optareg.metrics(state)
       >>> float(m["step/update_norm"]), float(m["step/param_norm"]), float(m["step/update_ratio"])
       (0.1, 5.0, 0.02)
+      >>> bf16 = {"w": jnp.ones(4, jnp.bfloat16)}  # a step of -1e-5 does not move bf16 weights
+      >>> tx = optareg.track(name="bf16")
+      >>> _, state = tx.update({"w": jnp.full(4, -1e-5, jnp.bfloat16)}, tx.init(bf16), bf16)
+      >>> m = optareg.metrics(state)
+      >>> float(m["bf16/lost_update_fraction"]), float(m["bf16/applied_update_ratio"])
+      (1.0, 0.0)
 
     References:
       You et al., "Large Batch Training of Convolutional Networks" (LARS: the per-layer ratio
       ‖Δθ‖/‖θ‖), 2017.
     """
-    if not isinstance(per_leaf, bool):
-        raise TypeError(f"`per_leaf` must be a bool; got {type(per_leaf).__name__} {per_leaf!r}.")
+    _validation.check_bool("per_leaf", per_leaf)
     if not isinstance(name, str) or not name:
         raise ValueError(f"`name` must be a non-empty string; got {name!r}.")
+    every = _validation.check_metrics_every(metrics_every)
     keys = {m: f"{name}/{m}" for m in _METRICS}
 
     def empty_stats():
         return {keys[m]: _zero(m) for m in _METRICS}
 
     def init_fn(params):
+        count = _counters.init_count()
         if not per_leaf:
-            return TrackState(stats=empty_stats(), per_leaf=None)
-        if _base.is_params_placeholder(params):  # optax.tree.map_params probing the state
-            return TrackState(stats=empty_stats(), per_leaf={keys[m]: params for m in _METRICS})
+            return TrackState(count=count, stats=empty_stats(), per_leaf=None)
+        if _validation.is_params_placeholder(params):  # optax.tree.map_params probing the state
+            trees = {keys[m]: params for m in _METRICS}
+            return TrackState(count=count, stats=empty_stats(), per_leaf=trees)
         trees = {keys[m]: jax.tree.map(lambda _, m=m: _zero(m), params) for m in _METRICS}
-        return TrackState(stats=empty_stats(), per_leaf=trees)
+        return TrackState(count=count, stats=empty_stats(), per_leaf=trees)
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
-        _base.require_params(params, f"track(name={name!r})")
+        _validation.require_params(params, f"track(name={name!r})")
         treedef = jax.tree.structure(updates, is_leaf=lambda x: x is None)
         u_leaves = treedef.flatten_up_to(updates)
         p_leaves = treedef.flatten_up_to(params)
-        live = [i for i, u in enumerate(u_leaves) if u is not None and u.size]
+        live = [i for i, u in enumerate(u_leaves) if u is not None and jnp.size(u)]
+        count = _counters.increment(state.count)
         if not live:
-            return updates, state
-        u_live = [u_leaves[i] for i in live]
-        p_live = [p_leaves[i] for i in live]
-        u_norms, un, u_ssq = _norms(u_live)
-        p_norms, pn, _ = _norms(p_live)
-        leaf_ratios, ratio = _ratios(u_live, p_live, u_norms, un, p_norms, pn)
-        # exact zeros of optax.apply_updates(θ, u), and NaN/Inf entries of u
-        zeros = _base.zero_counts(
-            [
-                jnp.asarray(p + u).astype(jnp.asarray(p).dtype)
-                for u, p in zip(u_live, p_live, strict=True)
-            ]
-        )
-        # Σu² is finite iff every entry is finite (or it overflowed): no extra pass in the
-        # common case, an exact count behind a lax.cond otherwise.
-        nonfinite = _base.nonfinite_counts(u_live, probe=u_ssq)
-        sizes = [int(u.size) for u in u_live]
-        values = {
-            "grad_norm": un,
-            "param_norm": pn,
-            "update_norm": un,
-            "update_ratio": ratio,
-            "sparsity": sum(zeros) / sum(sizes),
-            "nonfinite": sum(nonfinite),
-        }
-        stats = {keys[m]: jnp.asarray(values[m]).astype(_dtype(m)) for m in _METRICS}
+            return updates, state._replace(count=count)
+        on = jnp.asarray(True) if every == 1 else state.count % every == 0
+        per, out = [], list(u_leaves)
+        for i in live:  # leaf by leaf: each leaf's update waits only for its own statistics
+            u, p = u_leaves[i], p_leaves[i]
+            if every == 1:
+                leaf = _leaf_stats(u, p)
+            else:
+                empty = functools.partial(_empty_leaf_stats, u, p)
+                leaf = jax.lax.cond(on, functools.partial(_leaf_stats, u, p), empty)
+            per.append(leaf)
+            out[i] = _after_stats(u, leaf)
+        sizes = [int(jnp.size(u_leaves[i])) for i in live]
+        stats = _hold(on, _tree_metrics(per, sizes), {m: state.stats[keys[m]] for m in _METRICS})
         trees = None
         if per_leaf:
-            per = {
-                "grad_norm": list(u_norms),
-                "param_norm": list(p_norms),
-                "update_norm": list(u_norms),
-                "update_ratio": list(leaf_ratios),
-                "sparsity": [z / n for z, n in zip(zeros, sizes, strict=True)],
-                "nonfinite": nonfinite,
-            }
             trees = {}
             for m in _METRICS:
-                old = treedef.flatten_up_to(state.per_leaf[keys[m]])
-                for j, i in enumerate(live):
-                    old[i] = jnp.asarray(per[m][j]).astype(_dtype(m))
-                trees[keys[m]] = treedef.unflatten(old)
-        return updates, TrackState(stats=stats, per_leaf=trees)
+                flat = treedef.flatten_up_to(state.per_leaf[keys[m]])
+                for leaf, n, i in zip(per, sizes, live, strict=True):
+                    value = _metrics_of(leaf["counts"], leaf["norm"], leaf["rho"], leaf["over"], n)
+                    flat[i] = jnp.where(on, value[m], flat[i])
+                trees[keys[m]] = treedef.unflatten(flat)
+        new_stats = {keys[m]: stats[m] for m in _METRICS}
+        return treedef.unflatten(out), TrackState(count=count, stats=new_stats, per_leaf=trees)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return _chain.tag(tx, "diagnostic", name)

@@ -39,10 +39,23 @@ def _total(terms: list[jax.Array]) -> jax.Array:
     return sum(terms, jnp.zeros([], jnp.float32))
 
 
+@jax.custom_jvp
+def _half_sq_sum(x: jax.Array) -> jax.Array:
+    """``½Σx²`` whose gradient is ``x`` itself, exactly and without overflow (autodiff of
+    ``0.5·x²`` forms ``2·x``, which overflows for ``|x| > max/2``)."""
+    return 0.5 * jnp.sum(jnp.square(x))
+
+
+@_half_sq_sum.defjvp
+def _half_sq_sum_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    return _half_sq_sum(x), jnp.sum(x * t)
+
+
 def l2(params: Any) -> jax.Array:
     r"""The squared L2 norm ``R(θ) = ½‖θ‖² = ½ Σ_i θ_i²`` over every leaf.
 
-    Its gradient is ``θ`` itself (exactly: ``0.5·(2·θ)`` is exact in floating point), so
+    Its gradient is ``θ`` itself, exactly (a custom JVP; no ``2·θ`` that could overflow), so
     ``add_penalty(penalties.l2, λ)`` gives the same updates as ``add_decayed_weights(λ)``, bit for
     bit (``tests/test_penalties.py`` checks float32, bfloat16 and float64).
 
@@ -58,7 +71,7 @@ def l2(params: Any) -> jax.Array:
       >>> float(penalties.l2({"w": jnp.array([3.0, 4.0]), "b": jnp.array(1.0)}))
       13.0
     """
-    return _total([0.5 * jnp.sum(jnp.square(_numerics.upcast(x))) for x in _arrays(params)])
+    return _total([_half_sq_sum(_numerics.upcast(x)) for x in _arrays(params)])
 
 
 def l1(params: Any) -> jax.Array:
@@ -226,7 +239,7 @@ def l2_to(reference: Any) -> Penalty:
             if _is_empty_node(p):
                 continue
             p = _numerics.upcast(jnp.asarray(p))
-            terms.append(0.5 * jnp.sum(jnp.square(p - r.astype(p.dtype))))
+            terms.append(_half_sq_sum(p - r.astype(p.dtype)))
         return _total(terms)
 
     return penalty

@@ -309,21 +309,24 @@ def test_stochastic_bits_are_reproducible_and_differ_by_seed_step_and_leaf():
     u = jnp.full((4096,), 2.0**-9, jnp.float32)  # a quarter of bf16's ulp at 1: up w.p. 1/4
     params, updates = {"a": th, "b": th}, {"a": u, "b": u}
 
-    def landings(seed, steps=2):
-        tx = LPU("stochastic", seed=seed)
+    txs = [LPU("stochastic", seed=seed) for seed in (0, 0, 1)]  # two separate seed-0 objects
 
-        def body(s, _):
-            new_u, s = tx.update(updates, s, params)
-            return s, optax.apply_updates(params, new_u)
+    @jax.jit
+    def two_steps(states):
+        out = []
+        for tx, s in zip(txs, states, strict=True):
+            lands = []
+            for _ in range(2):
+                new_u, s = tx.update(updates, s, params)
+                lands.append(optax.apply_updates(params, new_u))
+            out.append(lands)
+        return out
 
-        _, out = jax.jit(lambda s: jax.lax.scan(body, s, None, steps))(tx.init(params))
-        return [jax.tree.map(lambda x: x[i], out) for i in range(steps)]
-
-    a, b = landings(0), landings(0)
+    a, b, c = two_steps([tx.init(params) for tx in txs])
     chex.assert_trees_all_equal(a, b)  # same seed, same bits
     up = lambda t: f64(t) > 1.0  # noqa: E731
     assert abs(up(a[0]["a"]).mean() - 0.25) < 0.03
-    for other in (a[1]["a"], a[0]["b"], landings(1)[0]["a"]):  # next step, other leaf, seed
+    for other in (a[1]["a"], a[0]["b"], c[0]["a"]):  # next step, other leaf, other seed
         agree = np.mean(up(a[0]["a"]) == up(other))
         assert abs(agree - (0.25**2 + 0.75**2)) < 0.04  # independent: 5/8, not 1
 
@@ -403,9 +406,30 @@ def test_mask_leaves_masked_out_leaves_untouched(method):
     np.testing.assert_array_equal(bits(out["b"]), bits(np.full(4, 1e-3, np.float32)))
 
 
+class Linear(eqx.Module):
+    weight: jax.Array
+    bias: jax.Array
+
+    def __call__(self, x):
+        return self.weight @ x + self.bias
+
+
+class TwoLayers(eqx.Module):
+    layers: tuple
+
+    def __call__(self, x):
+        return self.layers[1](jax.nn.relu(self.layers[0](x)))
+
+
 def test_equinox_module_of_bools_as_mask():
-    model = eqx.nn.MLP(3, 2, 4, 1, key=jax.random.PRNGKey(0))
-    params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), eqx.filter(model, eqx.is_array))
+    rng = np.random.default_rng(0)
+
+    def lin(o, i):
+        return Linear(
+            jnp.asarray(rng.normal(size=(o, i)), jnp.bfloat16), jnp.zeros(o, jnp.bfloat16)
+        )
+
+    params = TwoLayers((lin(4, 3), lin(2, 4)))
     mask = jax.tree.map(lambda x: x.ndim > 1, params)  # a callable Module whose leaves are bools
     assert callable(mask)
     updates = jax.tree.map(lambda x: (x * 1e-3).astype(jnp.float32), params)  # below 1/2 ulp
@@ -423,26 +447,27 @@ def test_equinox_module_of_bools_as_mask():
     np.testing.assert_allclose(f64(comp), f64(u), rtol=2**-8)
 
 
-@pytest.mark.parametrize("method", ["kahan", "stochastic"])
-def test_jit_equals_eager_and_scan_equals_loop(method):
+def test_jitted_loop_equals_lax_scan():
+    """3 steps of a jitted step in a Python loop equal ``lax.scan`` of the same step, bit for
+    bit, for both methods (the per-step keys come from the state's counter, not from Python)."""
     th, u = draw("comparable", 512, seed=11)
     p0, u = jnp.asarray(th), jnp.asarray(u * 0.01)
-    tx = LPU(method)
+    txs = [LPU(m) for m in METHODS]
 
     def step(carry, _):
-        p, s = carry
-        new_u, s = tx.update(u, s, p)
-        return (optax.apply_updates(p, new_u), s), None
+        out = []
+        for tx, (p, s) in zip(txs, carry, strict=True):
+            new_u, s = tx.update(u, s, p)
+            out.append((optax.apply_updates(p, new_u), s))
+        return out, None
 
-    eager = (p0, tx.init(p0))
-    jit_step = jax.jit(step)
-    looped = eager
-    for _ in range(2):
-        eager, _ = step(eager, None)
+    init = [(p0, tx.init(p0)) for tx in txs]
+    looped, jit_step = init, jax.jit(step)
+    for _ in range(3):
         looped, _ = jit_step(looped, None)
-    (scanned, _), _ = jax.jit(lambda c: jax.lax.scan(step, c, None, 2))((p0, tx.init(p0)))
-    chex.assert_trees_all_equal(eager, looped)
-    np.testing.assert_array_equal(bits(scanned), bits(looped[0]))
+    scanned, _ = jax.jit(lambda c: jax.lax.scan(step, c, None, 3))(init)
+    chex.assert_trees_all_equal(scanned, looped)
+    assert not np.array_equal(f64(looped[0][0]), f64(looped[1][0]))  # the methods differ
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,38 +475,64 @@ def test_jit_equals_eager_and_scan_equals_loop(method):
 # ---------------------------------------------------------------------------------------------
 
 
-def _chain_cases():
-    from helpers import one_per  # noqa: PLC0415
+def _recorder():
+    """A pass-through transform whose state is the last updates it saw."""
+
+    def init_fn(params):
+        return jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
+
+    def update_fn(updates, state, params=None):
+        del state, params
+        return updates, jax.tree.map(lambda u: u.astype(jnp.float32), updates)
+
+    from optareg import _chain  # noqa: PLC0415
+
+    return _chain.tag(optax.GradientTransformation(init_fn, update_fn), "diagnostic", "recorder")
+
+
+def test_after_every_optareg_transform():
+    """One chain with every optareg transform of the registry (one entry per factory, each in
+    its place), then ``low_precision_updates``, on bf16 params: 2 jitted steps keep dtypes and
+    finite values, and land exactly on RN(θ + u) wherever the step is at most θ/2.
+    ``spectral_clip`` is left out only for its compile time here (~10× the others' on CPU); its
+    output is an ordinary post-step update like the others'."""
+    import helpers  # noqa: PLC0415
     from registry import ENTRIES  # noqa: PLC0415
 
-    return one_per(lambda e: e.factory, [e for e in ENTRIES if e.factory is not LPU])
+    from optareg import _chain  # noqa: PLC0415
 
-
-@pytest.mark.parametrize("entry", _chain_cases())
-def test_after_every_optareg_transform(entry):
-    """``chain(... entry ..., low_precision_updates())`` on bf16 params: 2 jitted steps equal the
-    entry's chain followed by the transform by hand, dtypes kept, finite."""
-    import helpers  # noqa: PLC0415
-
+    entries = helpers.one_per(lambda e: e.factory, ENTRIES, param=False)
+    skip = (LPU, optareg.spectral_clip)
+    txs = [e.make() for e in entries if e.factory not in skip]
+    order = ("extra_args", "gradient", "optimizer", "post_step", "diagnostic")
+    txs = sorted(txs, key=lambda tx: order.index(_chain.kind_of(tx)))
+    k = [_chain.kind_of(tx) for tx in txs].index("post_step")
+    assert len(txs) >= 13
+    tx = optareg.chain(*txs[:k], optax.sgd(0.1), *txs[k:], _recorder(), LPU("kahan"))
     params = helpers.make_params(jnp.bfloat16)
-    base = helpers.chained(entry, entry.make(), optax.sgd(0.1))
-    full, last = optax.chain(base, LPU("kahan")), LPU("kahan")
-    extra = helpers.extra_args(entry)
 
     @jax.jit
-    def step(p, s_full, s_base, s_last):
-        g = helpers.grad_fn(p)
-        u_full, s_full = full.update(g, s_full, p, **extra)
-        u, s_base = base.update(g, s_base, p, **extra)
-        u, s_last = last.update(u, s_last, p)
-        return optax.apply_updates(p, u_full), s_full, s_base, s_last, u_full, u
+    def step(p, s):
+        u, s = tx.update(helpers.grad_fn(p), s, p, grad_fn=helpers.grad_fn)
+        return optax.apply_updates(p, u), s
 
-    carry = (params, full.init(params), base.init(params), last.init(params))
+    p, s = params, jax.jit(tx.init)(params)
+    checked = 0
     for _ in range(2):
-        *carry, u_full, u = step(*carry)
-        chex.assert_trees_all_equal(u_full, u)
-    chex.assert_trees_all_equal_dtypes(carry[0], params)
-    chex.assert_tree_all_finite(carry[0])
+        p_old, c = p, s[-1].compensation
+        p, s = step(p, s)
+        for th, c, u, land in zip(*map(jax.tree.leaves, (p_old, c, s[-2], p)), strict=True):
+            t = np.asarray(u) + np.asarray(c, np.float32)  # the step owed, as the transform sums
+            x = np.asarray(th, np.float32) + t
+            sterbenz, coarse, _ = regimes(np.asarray(th, np.float32), x)
+            land = np.asarray(land)
+            np.testing.assert_array_equal(bits(land[sterbenz]), bits(x.astype(BF)[sterbenz]))
+            y_coarse = (f64(th) + f64(t.astype(BF))).astype(BF)
+            np.testing.assert_array_equal(bits(land[coarse]), bits(y_coarse[coarse]))
+            checked += sterbenz.sum() + coarse.sum()
+    assert checked > 50
+    chex.assert_trees_all_equal_dtypes(p, params)
+    chex.assert_tree_all_finite(p)
 
 
 @pytest.mark.parametrize(
@@ -604,14 +655,14 @@ MULTIDEVICE = textwrap.dedent(
     mesh = Mesh(np.array(jax.devices()), ("x",))
     th = jnp.ones((8, 512), jnp.bfloat16)
     u = jnp.full((8, 512), 2.0**-9, jnp.float32)  # a quarter ulp: up with probability 1/4
-    for method in ("kahan", "stochastic"):
-        tx = optareg.low_precision_updates(method, seed=1)
-        ref, _ = jax.jit(tx.update)(u, tx.init(th), th)
-        sh = NamedSharding(mesh, P("x", None))
-        ts, us = jax.device_put(th, sh), jax.device_put(u, sh)
-        out, st = jax.jit(tx.update)(us, jax.jit(tx.init)(ts), ts)
-        assert out.sharding.is_equivalent_to(sh, 2), out.sharding
-        np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(ref, np.float32))
+    txs = [optareg.low_precision_updates(m, seed=1) for m in ("kahan", "stochastic")]
+    both = jax.jit(lambda u, p: [tx.update(u, tx.init(p), p)[0] for tx in txs])
+    ref = both(u, th)
+    sh = NamedSharding(mesh, P("x", None))
+    out = both(jax.device_put(u, sh), jax.device_put(th, sh))
+    for o, r in zip(out, ref):
+        assert o.sharding.is_equivalent_to(sh, 2), o.sharding
+        np.testing.assert_array_equal(np.asarray(o, np.float32), np.asarray(r, np.float32))
     def shard_step(axis_name):
         tx = optareg.low_precision_updates("stochastic", seed=1, axis_name=axis_name)
         def f(p, u):

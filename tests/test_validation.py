@@ -295,6 +295,52 @@ ROWS += [
     Row("chain", optareg.chain, {}, "sam_perturb", args=(optax.sgd(0.1), optareg.sam_perturb())),
 ]
 
+# --- constraints, penalties, low precision, sharpness, NNX helper ------------------------------
+ROWS += _strength_rows("max_norm", optareg.max_norm, {}, "max_value", positive=True)
+ROWS += [
+    Row("max_norm", optareg.max_norm, {"max_value": 1.0, "layout": "keras"}, "layout"),
+    Row("max_norm", optareg.max_norm, {"max_value": 1.0, "metrics_every": 0}, "metrics_every"),
+    Row("unit_norm", optareg.unit_norm, {"layout": "keras"}, "layout"),
+    Row("unit_norm", optareg.unit_norm, {"metrics_every": -1}, "metrics_every"),
+    Row("non_neg", optareg.non_neg, {"mask": {"a": 3}}, "mask"),
+    Row("non_neg", optareg.non_neg, {"metrics_every": 1.5}, "metrics_every"),
+    Row("project", optareg.project, {"projection": "l1_ball"}, "projection"),
+    Row("project", optareg.project, {"projection": lambda t: t, "per_leaf": "yes"}, "per_leaf"),
+    Row("add_penalty", optareg.add_penalty, {"penalty": 3.0, "strength": 0.1}, "penalty"),
+]
+ROWS += _strength_rows(
+    "add_penalty", optareg.add_penalty, {"penalty": optareg.penalties.l2}, "strength"
+)
+ROWS += [
+    Row("low_precision_updates", optareg.low_precision_updates, {"method": m}, "method")
+    for m in ("nearest", None, 3)
+]
+ROWS += [
+    Row("low_precision_updates", optareg.low_precision_updates, {"seed": s}, "seed")
+    for s in (1.5, "0")
+]
+ROWS += [
+    Row("sharpness_monitor", optareg.sharpness_monitor, {"num_iters": n}, "num_iters")
+    for n in (0, -1, 2.5)
+]
+ROWS += [
+    Row("sharpness_monitor", optareg.sharpness_monitor, {"metrics_every": 0}, "metrics_every"),
+    Row("sharpness_monitor", optareg.sharpness_monitor, {"learning_rate": -1.0}, "learning_rate"),
+    Row(
+        "hessian_top_eigenvalue",
+        optareg.hessian_top_eigenvalue,
+        {"grad_fn": None, "params": {}},
+        "grad_fn",
+    ),
+    Row(
+        "hessian_top_eigenvalue",
+        optareg.hessian_top_eigenvalue,
+        {"grad_fn": lambda p: p, "params": {"w": jnp.ones(2)}, "num_iters": 0},
+        "num_iters",
+    ),
+    Row("nnx_sam_grad_fn", optareg.nnx_sam_grad_fn, {"loss_fn": 3, "model": None}, "loss_fn"),
+]
+
 # --- operators (scalar arguments given as Python / NumPy numbers are checked eagerly) ----------
 _X = jnp.ones((3, 4))
 _OPS_FIX = None  # fixed: operators validate their scalar arguments

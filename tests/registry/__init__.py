@@ -9,17 +9,21 @@ from registry._entry import Entry
 from registry.constraints import ENTRIES as _CONSTRAINTS
 from registry.decay import ENTRIES as _DECAY
 from registry.diagnostics import ENTRIES as _DIAGNOSTICS
+from registry.low_precision import ENTRIES as _LOW_PRECISION
 from registry.proximal import ENTRIES as _PROXIMAL
 from registry.sam import ENTRIES as _SAM
+from registry.sharpness import ENTRIES as _SHARPNESS
 from registry.spectral import ENTRIES as _SPECTRAL
 
 ENTRIES: list[Entry] = [
     *_DECAY,
     *_PROXIMAL,
     *_SAM,
+    *_SHARPNESS,
     *_SPECTRAL,
     *_CONSTRAINTS,
     *_DIAGNOSTICS,
+    *_LOW_PRECISION,  # last: low_precision_updates goes last in a chain
 ]
 
 __all__ = ["ENTRIES", "Entry"]

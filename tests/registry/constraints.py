@@ -41,13 +41,19 @@ _REFERENCE = {
 
 ENTRIES: list[Entry] = [
     # max_norm
-    Entry("max_norm", optareg.max_norm, {"max_value": 1.0}, inject=("max_value",)),
+    # (metrics_every listed: `optax.inject_hyperparams` would otherwise inject its default)
+    Entry(
+        "max_norm",
+        optareg.max_norm,
+        {"max_value": 1.0, "metrics_every": 1},
+        inject=("max_value",),
+    ),
     Entry("max_norm-torch", optareg.max_norm, {"max_value": 1.0, "layout": "torch"}),
     Entry("max_norm-axis0", optareg.max_norm, {"max_value": 1.0, "axis": 0}),
     Entry(
         "max_norm-mask",
         optareg.max_norm,
-        {"max_value": 0.5, "mask": _MASK_WITH_VECTORS},
+        {"max_value": 0.5, "mask": _MASK_WITH_VECTORS, "metrics_every": 1},
         inject=("max_value",),
     ),
     Entry("max_norm-mask_fn", optareg.max_norm, {"max_value": 1.0, "mask": _matrices}),
@@ -55,14 +61,14 @@ ENTRIES: list[Entry] = [
     Entry("max_norm-every3", optareg.max_norm, {"max_value": 1.0, "metrics_every": 3}),
     # unit_norm
     Entry("unit_norm", optareg.unit_norm),
-    Entry("unit_norm-torch", optareg.unit_norm, {"layout": "torch"}),
+    Entry("unit_norm-axis0", optareg.unit_norm, {"axis": 0}),  # the torch layout's unit axis
     Entry("unit_norm-mask", optareg.unit_norm, {"mask": _MASK_WITH_VECTORS}),
     # non_neg
     Entry("non_neg", optareg.non_neg),
     Entry("non_neg-mask", optareg.non_neg, {"mask": _MASK}),
     # project: the whole tree at once, and leaf by leaf
     Entry("project", optareg.project, {"projection": _l1_ball}),
-    Entry("project-mask", optareg.project, {"projection": _l1_ball, "mask": _MASK}),
+    Entry("project-mask", optareg.project, {"projection": _l1_ball, "mask": _MASK_WITH_VECTORS}),
     Entry("project-per_leaf", optareg.project, {"projection": _l2_ball, "per_leaf": True}),
     Entry("project-every2", optareg.project, {"projection": _l1_ball, "metrics_every": 2}),
     # add_penalty (gradient-side: any position before the learning rate). The suite also applies

@@ -3,14 +3,20 @@
 import optax
 
 import optareg
+from registry._entry import MASK as _MASK
 from registry._entry import Entry
 
 _MASKED_REASON = (
-    "optax.masked(sam_perturb) is not meaningful: grad_fn needs the full parameters, but "
+    "optax.masked(sam_perturb) is an error by design: grad_fn needs the full parameters, but "
     "optax.masked hands the inner transform MaskedNode placeholders; use sam_perturb(mask=...)"
 )
-_SKIP = {"masked": _MASKED_REASON}
-_MASK = {"conv": {"kernel": True}, "dense": {"bias": False, "kernel": True}, "scale": False}
+_MULTISTEPS_REASON = (
+    "optax.MultiSteps(chain(sam_perturb, opt)) is an error by design: SAM would see the mean "
+    "gradient with the last micro-batch's grad_fn. The right composition, "
+    "chain(sam_perturb, MultiSteps(opt, k)), is checked for every SAM entry by "
+    "tests/test_sam_real_use.py::test_registry_sam_entries_before_multisteps"
+)
+_SKIP = {"masked": _MASKED_REASON, "multisteps": _MULTISTEPS_REASON}
 _FLOATS = ("rho", "adaptive_eta", "gsam_alpha", "reuse_alpha", "eps")
 
 
@@ -43,4 +49,6 @@ ENTRIES: list[Entry] = [
     ),
     _entry("sam_perturb-schedule", {"rho": optax.linear_schedule(0.1, 0.01, 10)}, inject=()),
     _entry("sam_perturb-mask", {"rho": 0.05, "mask": _MASK}),
+    # metrics_every > 1: the statistics under lax.cond (LookSAM too: a nested cond)
+    _entry("sam_perturb-metrics_every", {"rho": 0.05, "reuse_every": 2, "metrics_every": 2}),
 ]

@@ -1,4 +1,5 @@
-"""Conformance entries for optareg.spectral: spectral_clip, each method, a mask and stacked axes."""
+"""Conformance entries for optareg.spectral: spectral_clip, each method, the default, a mask,
+stacked axes, the torch layout and metrics_every."""
 
 from optax.contrib import MuonDimensionNumbers
 
@@ -17,7 +18,7 @@ _STACKED = {
 _STACKED_PREFIX = {"conv": 1, "dense": None, "scale": None}
 # Integer arguments are listed so that `optax.inject_hyperparams` treats them as static
 # (it would otherwise inject their defaults as traced numbers).
-_INTS = {"num_iters": 1, "init_iters": 15, "ns_steps": 8}
+_INTS = {"num_iters": 1, "init_iters": 15, "ns_steps": 8, "metrics_every": 1}
 # Small radius so that clipping is active on the suite's N(0, 1) params.
 _C = 0.5
 
@@ -61,6 +62,25 @@ ENTRIES: list[Entry] = [
         "spectral_clip-stacked_int",
         optareg.spectral_clip,
         {**_INTS, "max_norm": _C, "method": "newton_schulz", "matrix_axes": _STACKED_PREFIX},
+        atol=1e-4,
+    ),
+    Entry(
+        "spectral_clip-exact-default",  # every argument but the radius at its default
+        optareg.spectral_clip,
+        {"max_norm": _C, "init_iters": 100, "metrics_every": 1, "num_iters": 1, "ns_steps": 8},
+        inject=("max_norm",),
+        atol=5e-5,
+    ),
+    Entry(
+        "spectral_clip-exact-torch_layout",  # unit axis first: conv (3·2·4, 3), dense (6, 4)ᵀ
+        optareg.spectral_clip,
+        {**_INTS, "max_norm": _C, "method": "exact", "layout": "torch"},
+        atol=5e-5,
+    ),
+    Entry(
+        "spectral_clip-newton_schulz-metrics_every",  # σ̂ tracked every 3rd step only
+        optareg.spectral_clip,
+        {**_INTS, "max_norm": _C, "method": "newton_schulz", "metrics_every": 3},
         atol=1e-4,
     ),
 ]
