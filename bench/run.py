@@ -7,8 +7,10 @@ the exact command. Suites:
 1. ``overhead`` — each optareg transform chained to ``optax.adamw``, as a time ratio.
 2. ``roofline`` — minimum bytes per step / time, as a fraction of the measured copy bandwidth.
 3. ``spectral`` — ``spectral_clip_matrix`` exact / Newton–Schulz vs a plain SVD clip.
+3b. ``spectral_step`` — ``adamw`` + ``spectral_clip`` per method on 768×3072 kernels, as a ratio.
 4. ``sam`` — a training step with SGD, ``sam_perturb`` (reuse 1, 5), ``optax.contrib.sam``.
 5. ``memory`` — optimizer-state bytes as a multiple of parameter bytes.
+6. ``low_precision`` — ``low_precision_updates`` (kahan, stochastic) on bf16 params vs adamw.
 
 Examples::
 
@@ -34,8 +36,10 @@ SUITES = {
     "1": "overhead",
     "2": "roofline",
     "3": "spectral",
+    "3b": "spectral_step",
     "4": "sam",
     "5": "memory",
+    "6": "low_precision",
 }
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -76,7 +76,9 @@ def loss_fn(params, x, y):
 
 
 def param_norm(params):
-    return jnp.sqrt(sum(jnp.sum(jnp.square(p.astype(jnp.float32))) for p in jax.tree.leaves(params)))
+    return jnp.sqrt(
+        sum(jnp.sum(jnp.square(p.astype(jnp.float32))) for p in jax.tree.leaves(params))
+    )
 
 
 def make_tx(run, lr, weight_decay):

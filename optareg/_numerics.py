@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
+    "after",
     "compute_dtype",
     "count_total",
     "fraction",
@@ -63,6 +64,28 @@ def rounded_to(x: jax.Array, dtype: Any) -> jax.Array:
     if jnp.finfo(x.dtype).bits <= fi.bits:
         return x.astype(dtype).astype(x.dtype)
     return jax.lax.reduce_precision(x, exponent_bits=fi.nexp, mantissa_bits=fi.nmant)
+
+
+def after(x: jax.Array, *deps: Any) -> jax.Array:
+    """``x``, unchanged bit for bit, made data-dependent on ``deps`` (on CPU only).
+
+    XLA orders computations only by data dependencies. On XLA:CPU two things go wrong without
+    one: a statistic that reads the parameters while the (donated) parameters are updated in
+    place makes XLA copy them first, and independent leaves all run side by side, each with its
+    own temporary buffers. Both cost fresh memory, i.e. page faults, on every step. ``flag``
+    reads one entry of each dependency and is always false (nothing is ``> inf``, NaN
+    included), but XLA cannot know that; ``where(flag, 0, x)`` fuses into ``x``'s consumer.
+    """
+    scalars = [jnp.asarray(d).reshape(-1)[:1].astype(jnp.float32) for d in deps]
+    scalars = [s for s in scalars if s.size]
+    if not scalars:
+        return x
+    flag = jnp.any(jnp.concatenate(scalars) > jnp.inf)
+
+    def cpu(x, flag):
+        return jnp.where(flag, jnp.zeros_like(x), x)
+
+    return jax.lax.platform_dependent(x, flag, cpu=cpu, default=lambda x, flag: x)
 
 
 def matrix_transpose(x: jax.Array) -> jax.Array:
@@ -233,9 +256,7 @@ def fused_sums(terms: Sequence[jax.Array]) -> list[jax.Array]:
         extra.append(terms[0].astype(fdt))
     elif sum(_is_float(t) for t in terms) > 1 and all(_is_float(t) for t in terms):
         extra.append((terms[0] != 0).astype(jnp.int32))
-    sums = jax.lax.platform_dependent(
-        terms + extra, cpu=_sums_cpu, default=_sums_one_pass
-    )
+    sums = jax.lax.platform_dependent(terms + extra, cpu=_sums_cpu, default=_sums_one_pass)
     keep = sum(((x < 0) if x.dtype == jnp.int32 else (x > jnp.inf)) for x in sums[n:])
     return [x + jnp.asarray(keep, x.dtype) for x in sums[:n]] if extra else sums
 

@@ -42,6 +42,10 @@ class Leaf(NamedTuple):
       state: this leaf's entries of the per-leaf state fields (``{field: array or None}``).
       param: the parameter leaf as given, in its own dtype (not upcast; e.g. bfloat16).
       index: the leaf's position among the leaves of the updates tree (per-leaf random keys).
+      landed: ``optax.apply_updates(θ, u')`` for the returned update ``u'`` (θ's dtype), set
+        once the operator has run, for the statistics: the same expression as the apply, so
+        that under ``jit`` XLA computes it once and a statistic of it is one more read of the
+        new parameters (``None`` inside the operator).
     """
 
     x: jax.Array
@@ -51,6 +55,7 @@ class Leaf(NamedTuple):
     state: dict[str, Any]
     param: Any = None
     index: int = -1
+    landed: Any = None
 
 
 class PostStepState(NamedTuple):
@@ -108,9 +113,11 @@ def _leaf_update(operator, u, p, path, leaf_state, hp, update_dtype, stateful, i
     y, new_state = out if stateful else (out, leaf_state)
     target = p.dtype if update_dtype == "param" else u.dtype
     if returns == "update":  # the operator chose u' itself (e.g. so that θ + u' is exact)
-        return y.astype(target), y, new_state, leaf
-    new_u = (y.astype(dt) - theta).astype(target)
-    return new_u, y, new_state, leaf
+        new_u = y.astype(target)
+    else:
+        new_u = (y.astype(dt) - theta).astype(target)
+    landed = jnp.asarray(p + new_u).astype(jnp.asarray(p).dtype)  # as optax.apply_updates
+    return new_u, y, new_state, leaf._replace(landed=landed)
 
 
 def transformation(
@@ -127,6 +134,7 @@ def transformation(
     update_dtype: str = "update",
     kind: str = "post_step",
     returns: str = "target",
+    one_leaf_at_a_time: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Turn a per-leaf operator into a post-step ``optax`` transform (the one shared path).
 
@@ -150,6 +158,11 @@ def transformation(
       returns: ``"target"`` (the operator returns ``y = P(θ + u)``; the update is ``y − θ``) or
         ``"update"`` (it returns the update ``u'`` itself, cast to the ``update_dtype``; the
         statistics then see ``u'`` as ``y``).
+      one_leaf_at_a_time: for an operator that needs ``x = θ + u`` twice (a reduction, then
+        the output: group norms), make each leaf's ``x`` wait for the previous leaf's new
+        parameters (on CPU only; the values are unchanged), so that XLA:CPU reuses one
+        temporary buffer for ``x`` instead of allocating one per leaf (fresh memory, i.e. page
+        faults, on every step).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
@@ -191,6 +204,8 @@ def transformation(
             if u is None or (select is not None and not select(p, path)):
                 continue
             leaf_state = {f: v[i] for f, v in fields.items()}
+            if one_leaf_at_a_time and leaves:
+                u = _numerics.after(u, leaves[-1].landed)
             new_u[i], y, leaf_state, leaf = _leaf_update(
                 operator, u, p, path, leaf_state, hp, update_dtype, stateful, i, returns
             )

@@ -15,6 +15,7 @@ import numpy as np
 
 __all__ = [
     "elastic_net_threshold",
+    "group_norms_after_threshold",
     "group_soft_threshold",
     "singular_value_threshold",
     "soft_threshold",
@@ -162,6 +163,17 @@ def group_soft_threshold(x: jax.Array, tau, axis: int = -1) -> jax.Array:
     x = _float(x)
     if x.ndim == 0:
         return soft_threshold(x, tau)
+    keep, scale, _ = _group_shrink(x, tau, axis)
+    return jnp.where(keep, scale * x, jnp.zeros_like(x))
+
+
+def _group_shrink(x: jax.Array, tau, axis: int):
+    """``(keep, scale, norm)`` of every group (keepdims over the axes that are not ``axis``).
+
+    One reduction over ``x`` (the squared group norms); the rest is per group. Shared by
+    :func:`group_soft_threshold` and :func:`group_norms_after_threshold`, so that under ``jit``
+    XLA computes it once when both are asked for the same ``x`` and ``tau``.
+    """
     axis = _normalize_axis(axis, x.ndim)
     others = tuple(i for i in range(x.ndim) if i != axis)
     group_size = x.size // x.shape[axis] if x.shape[axis] else 1
@@ -171,7 +183,21 @@ def group_soft_threshold(x: jax.Array, tau, axis: int = -1) -> jax.Array:
     norm = jnp.sqrt(jnp.where(positive, sq, 1))  # safe: never sqrt(0) on the gradient path
     keep = positive & ~(norm <= tau)
     scale = jnp.where(keep, 1 - tau / norm, 0)
-    return jnp.where(keep, scale * x, jnp.zeros_like(x))
+    return keep, scale, norm
+
+
+def group_norms_after_threshold(x: jax.Array, tau, axis: int = -1) -> jax.Array:
+    r"""``Σ_g √|g|·‖y_g‖`` for ``y = group_soft_threshold(x, τ, axis)``, without forming ``y``.
+
+    ``‖y_g‖ = max(1 − τ√|g|/‖x_g‖, 0)·‖x_g‖`` from the group norms of ``x`` (the group-lasso
+    penalty of the thresholded array, at the cost of a few operations per group).
+    """
+    x = _float(x)
+    if x.ndim == 0:
+        return jnp.abs(soft_threshold(x, tau))
+    keep, scale, norm = _group_shrink(x, tau, axis)
+    group_size = x.size // x.shape[_normalize_axis(axis, x.ndim)] if x.size else 1
+    return jnp.sqrt(jnp.asarray(group_size, x.dtype)) * jnp.sum(jnp.where(keep, scale * norm, 0))
 
 
 def _svt_primal(x, tau):

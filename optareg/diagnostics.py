@@ -132,7 +132,7 @@ def _leaf_terms(u: jax.Array, p: jax.Array) -> dict[str, jax.Array]:
 
     ``y = θ + u`` rounded to θ's dtype is what ``optax.apply_updates`` lands on (held in the
     compute dtype, see :func:`_numerics.rounded_to`); ``d = y − θ`` is the change that lands.
-    Besides the squares, the squares of the entries times the exact power of two 2⁻¹⁰⁰: the
+    Besides the squares, the squares of ``u`` and ``θ`` times the exact power of two 2⁻¹⁰⁰: the
     norms when a plain sum of squares overflows (entries ≳ 1e19), with no second pass.
     """
     p = jnp.asarray(p)
@@ -143,14 +143,15 @@ def _leaf_terms(u: jax.Array, p: jax.Array) -> dict[str, jax.Array]:
     # A runtime scale (not a constant XLA could fold into c² = 2⁻²⁰⁰, which underflows).
     down = jax.lax.optimization_barrier(jnp.asarray(_DOWN, dt))
     i32 = jnp.int32
-    moved = u32 != 0
     terms = {k: x * x for k, x in zip(_SSQ, (u32, t32, d), strict=True)}
-    terms |= {f"{k}_down": jnp.square(x * down) for k, x in zip(_SSQ, (u32, t32, d), strict=True)}
+    terms |= {f"{k}_down": jnp.square(x * down) for k, x in (("u", u32), ("theta", t32))}
+    # Four counts, as few operations as the definitions allow: nonfinite = n − finite, and
+    # lost = #(u ≠ 0, d = 0) = #(d = 0) − #(u = 0), since u = 0 lands exactly on θ (d = 0).
     terms |= {
         "zeros": (y == 0).astype(i32),
-        "nonfinite": (~jnp.isfinite(u32)).astype(i32),
-        "moved": moved.astype(i32),
-        "lost": (moved & (d == 0)).astype(i32),
+        "finite": jnp.isfinite(u32).astype(i32),
+        "moved": (u32 != 0).astype(i32),
+        "unchanged": (d == 0).astype(i32),
     }
     return terms
 
@@ -163,10 +164,21 @@ def _leaf_stats(u: jax.Array, p: jax.Array) -> dict[str, Any]:
     """
     terms = _leaf_terms(u, p)
     s = dict(zip(terms, _numerics.fused_sums(list(terms.values())), strict=True))
-    over = jnp.any(jnp.stack([jnp.isposinf(s[k]) for k in _SSQ]))
-    rho = {k: jnp.sqrt(s[f"{k}_down"]) for k in _SSQ}
-    norms = {k: jnp.where(over, rho[k] / _DOWN, jnp.sqrt(s[k])) for k in _SSQ}
-    return {"counts": {k: s[k] for k in _COUNTS}, "norm": norms, "rho": rho, "over": over}
+    rho = {k: jnp.sqrt(s[f"{k}_down"]) for k in ("u", "theta")}
+    norms = {k: jnp.where(jnp.isposinf(s[k]), rho[k] / _DOWN, jnp.sqrt(s[k])) for k in rho}
+    # ‖d‖ beyond float32 (+inf): d = (θ + u rounded) − θ is u up to one rounding of θ + u, so
+    # the rescaled ‖u‖ stands in for it (the applied ratio is then the update ratio, within
+    # ε·(1 + ratio) with ε the unit roundoff of θ's dtype).
+    norms["d"] = jnp.sqrt(s["d"])
+    rho["d"] = jnp.where(jnp.isposinf(s["d"]), rho["u"], norms["d"] * _DOWN)
+    n = jnp.int32(jnp.size(u))
+    counts = {
+        "zeros": s["zeros"],
+        "nonfinite": n - s["finite"],
+        "moved": s["moved"],
+        "lost": s["unchanged"] - (n - s["moved"]),
+    }
+    return {"counts": counts, "norm": norms, "rho": rho}
 
 
 def _empty_leaf_stats(u: jax.Array, p: jax.Array) -> dict[str, Any]:
@@ -189,11 +201,13 @@ def _combine(norms: list[jax.Array]) -> jax.Array:
     return jnp.where(ok, safe * jnp.sqrt(jnp.sum(jnp.square(n / safe))), top)
 
 
-def _metrics_of(counts, norm, rho, over, size):
+def _metrics_of(counts, norm, rho, size):
     """The metrics of one leaf (or of the whole tree) from its counts and norms."""
 
     def ratio(k):
-        return jnp.where(over, _ratio(rho[k], rho["theta"]), _ratio(norm[k], norm["theta"]))
+        # A norm beyond float32 (+inf): the ratio of the rescaled norms, finite and meaningful.
+        scaled = (jnp.isinf(norm[k]) | jnp.isinf(norm["theta"])) & (rho["theta"] > 0)
+        return jnp.where(scaled, _ratio(rho[k], rho["theta"]), _ratio(norm[k], norm["theta"]))
 
     values = {
         "grad_norm": norm["u"],
@@ -218,8 +232,7 @@ def _tree_metrics(per: list[dict[str, Any]], sizes: list[int]) -> dict[str, jax.
     }
     norm = {k: _combine([s["norm"][k] for s in per]) for k in _SSQ}
     rho = {k: _combine([s["rho"][k] for s in per]) for k in _SSQ}
-    over = ~jnp.isfinite(norm["u"]) | ~jnp.isfinite(norm["theta"]) | ~jnp.isfinite(norm["d"])
-    return _metrics_of(counts, norm, rho, over, total)
+    return _metrics_of(counts, norm, rho, total)
 
 
 def _hold(on: jax.Array, new: dict[str, jax.Array], old: dict[str, jax.Array]):
@@ -370,7 +383,7 @@ def track(
             for m in _METRICS:
                 flat = treedef.flatten_up_to(state.per_leaf[keys[m]])
                 for leaf, n, i in zip(per, sizes, live, strict=True):
-                    value = _metrics_of(leaf["counts"], leaf["norm"], leaf["rho"], leaf["over"], n)
+                    value = _metrics_of(leaf["counts"], leaf["norm"], leaf["rho"], n)
                     flat[i] = jnp.where(on, value[m], flat[i])
                 trees[keys[m]] = treedef.unflatten(flat)
         new_stats = {keys[m]: stats[m] for m in _METRICS}

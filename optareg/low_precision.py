@@ -170,19 +170,11 @@ def _exact_step(th, t, x, rnd: Callable[[jax.Array], jax.Array], dtype: Any) -> 
     of the module docstring). ``θ``, ``t``, ``x`` are in the compute dtype."""
     a = jnp.abs(th)
     xs = jnp.where(th < 0, -x, x)  # oriented so that θ ≥ 0
-    coarse = (xs < 0.5 * a) & (xs > -a)  # −θ < x < θ/2: round the step, θ + R(t) is exact
-    y = rnd(x)
-    d = _round_nearest(y - th, dtype)  # exactly y − θ for θ/2 ≤ x ≤ 2θ (Sterbenz)
-    d = jnp.where(coarse, rnd(t), d)
-    d = jnp.where(th == 0, y, d)  # from ±0 the step is the target itself (keeps −0)
-    # |x| > 2|θ|, or past −θ: the addition itself rounds (to nearest, as apply_updates' does);
-    # of d and its neighbour towards y, take the one landing nearer y (a tie: nearer x).
-    landed = _round_nearest(th + d, dtype)
-    d1 = _next_toward(d, landed < y, dtype)
-    landed1 = _round_nearest(th + d1, dtype)
-    e, e1 = jnp.abs(landed - y), jnp.abs(landed1 - y)
-    better = (e1 < e) | ((e1 == e) & (jnp.abs(landed1 - x) < jnp.abs(landed - x)))
-    d = jnp.where(better & ~coarse, d1, d)
+    # −θ < x < θ/2 (and θ = ±0): round the step, θ + R(t) is exact; else round the target.
+    coarse = ((xs < 0.5 * a) & (xs > -a)) | (th == 0)
+    r = rnd(jnp.where(coarse, t, x))
+    # θ/2 ≤ x ≤ 2θ: r − θ is exact (Sterbenz); beyond, the addition rounds and so does this.
+    d = _round_nearest(jnp.where(coarse, r, r - th), dtype)
     return jnp.where(jnp.isfinite(th), d, t)  # θ = ±inf / NaN: the plain step
 
 

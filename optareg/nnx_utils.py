@@ -20,8 +20,7 @@ __all__ = ["sam_grad_fn"]
 def sam_grad_fn(
     loss_fn: Callable[..., jax.Array], model: Any, *args: Any, wrt: Any = None, **kwargs: Any
 ) -> Callable[[Any], Any]:
-    r"""``grad_fn`` for :func:`optareg.sam_perturb` on a Flax NNX model; call it *before* the
-    clean forward pass.
+    r"""SAM's ``grad_fn`` for a Flax NNX model; build it *before* the clean forward pass.
 
     It snapshots everything of ``model`` that is not ``wrt`` (BatchNorm statistics, Dropout
     RNG keys and counters, non-trained variables) as plain arrays, at the moment it is called.
@@ -60,6 +59,7 @@ def sam_grad_fn(
       grad_fn=grad_fn)`` (or ``tx.update(..., grad_fn=grad_fn)``).
 
     Raises:
+      TypeError: ``loss_fn`` is not callable or ``model`` is not an ``nnx.Module``.
       ValueError: (from ``grad_fn``) ``params`` is not the ``wrt`` state of this model.
 
     Example:
@@ -84,8 +84,18 @@ def sam_grad_fn(
       Improving Generalization", ICLR 2021 (the perturbed pass shares the batch and its
       randomness with the clean one).
     """
+    if not callable(loss_fn):
+        raise TypeError(
+            "nnx_sam_grad_fn: `loss_fn` must be a callable `loss_fn(model, *args, **kwargs) -> "
+            f"scalar`; got {type(loss_fn).__name__} {loss_fn!r}."
+        )
     from flax import nnx  # optional dependency
 
+    if not isinstance(model, nnx.Module):
+        raise TypeError(
+            f"nnx_sam_grad_fn: `model` must be an `nnx.Module`; got {type(model).__name__}. "
+            "For a pytree of parameters pass `grad_fn=lambda p: jax.grad(loss)(p, batch)`."
+        )
     wrt = nnx.Param if wrt is None else wrt
     graphdef, params0, rest = nnx.split(model, wrt, ...)
     want = jax.tree.structure(nnx.as_pure(params0))

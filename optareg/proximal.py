@@ -24,6 +24,7 @@ import optax
 from optareg import _chain, _counters, _masking, _numerics, _paths, _poststep, _validation
 from optareg._prox_ops import (
     elastic_net_threshold,
+    group_norms_after_threshold,
     group_soft_threshold,
     singular_value_threshold,
     soft_threshold,
@@ -41,29 +42,49 @@ __all__ = [
 _STAT_KEYS = ("zeros_fraction", "penalty")
 
 
-def _stats(penalty):
-    """``zeros_fraction`` and ``penalty = λ_t·R(θ_{t+1})`` over the selected leaves."""
+def _new_params(leaf) -> jax.Array:
+    """The parameters after the step, ``optax.apply_updates(θ, u')`` (``leaf.landed``), in the
+    compute dtype and rounded as they are stored (see :func:`optareg._numerics.rounded_to`)."""
+    p = leaf.param if leaf.param is not None else leaf.theta
+    y = jnp.asarray(leaf.landed)
+    return _numerics.rounded_to(y.astype(_numerics.compute_dtype(y)), jnp.result_type(p))
+
+
+def _stats(term=None, scale=None, closed_form=None):
+    """``zeros_fraction`` and ``penalty = λ_t·R(θ_{t+1})`` over the selected leaves.
+
+    Both come from one pass over each leaf's new parameters (``θ_{t+1}``, exactly what
+    ``optax.apply_updates`` writes: under ``jit`` the statistic is one more read of them): an
+    exact int32 count of the zeros and ``scale(hp)·Σ term(θ_{t+1}, hp)``, the penalty as a sum
+    over entries. A penalty that is not one comes from ``closed_form(leaf, hp)`` instead (from
+    values the operator computed anyway).
+    """
 
     def fn(leaves, ys, hp):
-        return {"zeros_fraction": _numerics.zeros_fraction(ys), "penalty": penalty(leaves, ys, hp)}
+        del ys
+        total = sum(int(jnp.size(leaf.theta)) for leaf in leaves)
+        counts, penalty = [], jnp.zeros([], jnp.float32)
+        for leaf in leaves:
+            if not jnp.size(leaf.theta):
+                continue
+            y = _new_params(leaf)
+            terms = [(y == 0).astype(jnp.int32)] + ([term(y, hp)] if term else [])
+            sums = _numerics.fused_sums(terms)
+            counts.append(sums[0])
+            if term is not None:
+                penalty = penalty + sums[1].astype(jnp.float32)
+            if closed_form is not None:
+                penalty = penalty + jnp.asarray(closed_form(leaf, hp), jnp.float32)
+        if scale is not None:
+            penalty = scale(hp) * penalty
+        zeros = _numerics.fraction(_numerics.count_total(counts, total), total)
+        return {"zeros_fraction": zeros, "penalty": penalty}
 
     return _STAT_KEYS, fn
 
 
-def _abs_sum(ys):
-    return sum((jnp.sum(jnp.abs(y), dtype=jnp.float32) for y in ys), jnp.zeros([], jnp.float32))
-
-
-def _sq_sum(ys):
-    return sum((jnp.sum(jnp.square(y), dtype=jnp.float32) for y in ys), jnp.zeros([], jnp.float32))
-
-
-def _l1_penalty(leaves, ys, hp):
-    return hp["l1"] * _abs_sum(ys)
-
-
-def _elastic_net_penalty(leaves, ys, hp):
-    return hp["l1"] * _abs_sum(ys) + 0.5 * hp["l2"] * _sq_sum(ys)
+def _elastic_net_term(y, hp):
+    return hp["l1"] * jnp.abs(y) + (0.5 * hp["l2"]) * jnp.square(y)
 
 
 def _as(value, dt):
@@ -134,7 +155,7 @@ def prox_l1(
         name="prox_l1",
         hyperparams={"l1": l1, "learning_rate": learning_rate},
         mask=mask,
-        stats=_stats(_l1_penalty),
+        stats=_stats(lambda y, hp: jnp.abs(y), scale=lambda hp: hp["l1"]),
         metrics_every=metrics_every,
     )
 
@@ -194,7 +215,7 @@ def prox_elastic_net(
         name="prox_elastic_net",
         hyperparams={"l1": l1, "l2": l2, "learning_rate": learning_rate},
         mask=mask,
-        stats=_stats(_elastic_net_penalty),
+        stats=_stats(_elastic_net_term),
         metrics_every=metrics_every,
     )
 
@@ -285,18 +306,23 @@ def prox_group_lasso(
             )
         return axis
 
+    # The penalty of each leaf, from the group norms the operator computes anyway (no extra
+    # pass), recorded beside the operator: outside the lax.cond of metrics_every, which then
+    # holds one scalar per leaf instead of every leaf's x = θ + u.
+    penalties: dict[int, jax.Array] = {}
+
     def op(leaf, strength, learning_rate):
         x = leaf.x
         tau = _as(learning_rate, x.dtype) * _as(strength, x.dtype)
+        axis = leaf_axis(x, leaf.path) if x.ndim else 0
+        penalties[leaf.index] = strength * group_norms_after_threshold(x, tau, axis)
         if x.ndim == 0:
             return soft_threshold(x, tau)
-        return group_soft_threshold(x, tau, leaf_axis(x, leaf.path))
+        return group_soft_threshold(x, tau, axis)
 
-    def penalty(leaves, ys, hp):
-        total = jnp.zeros([], jnp.float32)
-        for leaf, y in zip(leaves, ys, strict=True):
-            total = total + _group_norm_sum(y, leaf_axis(y, leaf.path) if y.ndim else 0)
-        return hp["strength"] * total
+    def penalty(leaf, hp):
+        del hp
+        return penalties[leaf.index]
 
     return _poststep.transformation(
         op,
@@ -304,20 +330,10 @@ def prox_group_lasso(
         hyperparams={"strength": strength, "learning_rate": learning_rate},
         mask=mask,
         select=(lambda p, path: jnp.ndim(p) >= 2) if mask is None else None,
-        stats=_stats(penalty),
+        stats=_stats(closed_form=penalty),
         metrics_every=metrics_every,
+        one_leaf_at_a_time=True,
     )
-
-
-def _group_norm_sum(y: jax.Array, axis: int) -> jax.Array:
-    """``Σ_g √|g|·‖y_g‖`` with groups indexed by ``axis`` (a 0-d leaf: ``|y|``)."""
-    y = y.astype(jnp.float32) if y.dtype != jnp.float64 else y
-    if y.ndim == 0:
-        return jnp.abs(y).astype(jnp.float32)
-    others = tuple(i for i in range(y.ndim) if i != axis % y.ndim)
-    size = y.size // y.shape[axis] if y.shape[axis] else 1
-    norms = jnp.sqrt(jnp.sum(jnp.square(y), axis=others))
-    return (jnp.sqrt(float(size)) * jnp.sum(norms)).astype(jnp.float32)
 
 
 def prox_nuclear(
@@ -373,12 +389,9 @@ def prox_nuclear(
         x = leaf.x
         return singular_value_threshold(x, _as(learning_rate, x.dtype) * _as(strength, x.dtype))
 
-    def penalty(leaves, ys, hp):
-        total = jnp.zeros([], jnp.float32)
-        for y in ys:
-            s = jnp.linalg.svd(y, compute_uv=False)
-            total = total + jnp.sum(s, dtype=jnp.float32)
-        return hp["strength"] * total
+    def penalty(leaf, hp):
+        s = jnp.linalg.svd(_new_params(leaf), compute_uv=False)
+        return hp["strength"] * jnp.sum(s, dtype=jnp.float32)
 
     return _poststep.transformation(
         op,
@@ -386,7 +399,7 @@ def prox_nuclear(
         hyperparams={"strength": strength, "learning_rate": learning_rate},
         mask=mask,
         select=lambda p, path: jnp.ndim(p) >= 2,
-        stats=_stats(penalty),
+        stats=_stats(closed_form=penalty),
         metrics_every=metrics_every,
     )
 
@@ -530,10 +543,22 @@ def prox_adam(
         )
         outs = [_prox_adam_leaf(g, p, m, v, s, hp) for g, p, m, v, s in leaves]
         new_u, new_mu, new_nu, proxed = zip(*outs, strict=True) if outs else ((),) * 4
+        # the new parameters as optax.apply_updates writes them (one more read of them, under
+        # jit); computed here, outside the lax.cond of metrics_every, so that XLA shares them
+        landed = [
+            jnp.asarray(p + u).astype(jnp.asarray(p).dtype)
+            for p, u, x in zip(treedef.flatten_up_to(params), new_u, proxed, strict=True)
+            if x is not None
+        ]
         zeros = _counters.on_metrics_step(
             every,
             count,
-            lambda: _numerics.zeros_fraction([x for x in proxed if x is not None]),
+            lambda: _numerics.zeros_fraction(
+                [
+                    _numerics.rounded_to(y.astype(_numerics.compute_dtype(y)), y.dtype)
+                    for y in landed
+                ]
+            ),
             state.zeros_fraction,
         )
         new_state = ProxAdamState(

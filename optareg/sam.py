@@ -240,10 +240,11 @@ def _full_step(cfg: _Config, x: _Inputs, state: SamPerturbState, grad_fn, update
     ]
     gp_tree = _extra_args.call_grad_fn(grad_fn, x.treedef.unflatten(shifted), updates, _NAME)
     gp = x.treedef.flatten_up_to(gp_tree)
-    gp_norm = tree_norm(gp) if cfg.gsam else None
-    if cfg.gsam:
+    if cfg.gsam:  # GSAM needs ‖g_p‖ on every full step; plain SAM only as a metric
+        gp_norm = tree_norm(gp)
         out = _gsam(x.g, gp, gp_norm, hp.alpha)
     else:
+        gp_norm = None
         out = [a.astype(b.dtype) for a, b in zip(gp, x.g, strict=True)]
     # rho == 0: θ + ε = θ, so g_p is g by contract; return g itself (bit-exact, however XLA
     # compiles the user's grad_fn inside this program).
@@ -261,6 +262,7 @@ def _full_step(cfg: _Config, x: _Inputs, state: SamPerturbState, grad_fn, update
 
 
 def _update(cfg: _Config, updates, state: SamPerturbState, params, grad_fn):
+    """One step: the full step (or, with LookSAM, ``lax.cond`` of full / reuse) and metrics."""
     treedef = jax.tree.structure(updates)
     g = treedef.flatten_up_to(updates)
     hp = _Hyper(*(_counters.evaluate(v, state.count) for v in cfg.hyper))

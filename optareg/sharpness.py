@@ -65,49 +65,41 @@ class SharpnessMonitorState(NamedTuple):
 
 
 # --------------------------------------------------------------------------------------------
-# vector arithmetic over lists of leaves (each result keeps the dtype of its leaf)
+# LOBPCG on one flat vector (the selected leaves concatenated): one reduction per dot product,
+# whatever the number of leaves, which keeps the compiled loop body small
 # --------------------------------------------------------------------------------------------
 
 
-def _comb(terms: Sequence[tuple[jax.Array, Sequence[jax.Array]]]) -> list[jax.Array]:
-    """``Σ_k c_k·v_k`` leaf by leaf, in the dtype of the first vector's leaves."""
-    ref = terms[0][1]
-    out = []
-    for j, leaf in enumerate(ref):
-        acc = sum(c * v[j] for c, v in terms)
-        out.append(acc.astype(leaf.dtype))
-    return out
+def _normalize(v: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``v/‖v‖`` and ``‖v‖``; zero for a vector whose norm is 0 or not finite.
 
-
-def _normalize(xs: Sequence[jax.Array]) -> tuple[list[jax.Array], jax.Array]:
-    """``x/‖x‖`` (zeros for a zero vector) and ``‖x‖``, overflow- and underflow-safe."""
-    s = _extra_args.tree_scale(xs)
-    scaled = [(x / s).astype(x.dtype) for x in xs]
-    n = jnp.sqrt(_extra_args.tree_dot(scaled, scaled))
-    inv = _numerics.safe_inv(n)
-    return [(inv * x).astype(x.dtype) for x in scaled], n * s
+    No rescaling: the vectors here are unit vectors, their images under ``H`` (of norm at most
+    ``|λ|_max``) and differences of those, so ``‖v‖²`` overflows only for curvatures beyond
+    ``1e19``; there the direction is dropped (reported ``ρ`` stays finite), never a NaN.
+    """
+    n = jnp.sqrt(jnp.vdot(v, v))
+    ok = jnp.isfinite(n) & (n > 0)
+    return v * jnp.where(ok, 1.0 / jnp.where(ok, n, 1.0), 0.0), jnp.where(ok, n, 0.0)
 
 
 def _orthonormalize(v, av, basis, a_basis):
-    """``v`` minus its projections on the orthonormal ``basis`` (twice: CGS2), normalized.
+    """``v`` minus its projections on the orthonormal rows of ``basis`` (twice: CGS2), normalized.
 
     ``av`` (``A·v``, or ``None``) gets the same linear combination with ``a_basis``. Returns
     ``(v̂, A·v̂ or None, ok, coefficients, ‖v‖ before, ‖v‖ after)``; ``ok`` is False (and
     ``v̂ = 0``) when the direction is numerically inside the span of ``basis``.
     """
-    n0 = _extra_args.tree_norm(v)
-    coeffs = [jnp.zeros([], n0.dtype) for _ in basis]
-    for _ in range(2):
-        for k, b in enumerate(basis):
-            c = _extra_args.tree_dot(b, v)
-            v = _comb([(1.0, v), (-c, b)])
-            coeffs[k] = coeffs[k] + c
+    n0 = _normalize(v)[1]
+    c1 = basis @ v
+    v = v - c1 @ basis
+    c2 = basis @ v
+    v = v - c2 @ basis
+    coeffs = c1 + c2
     v, n1 = _normalize(v)
     ok = (n1 > _DROP * n0) & (n1 > 0)
-    inv = jnp.where(ok, _numerics.safe_inv(n1), 0.0)
-    v = [jnp.where(ok, x, jnp.zeros_like(x)) for x in v]
+    v = jnp.where(ok, v, jnp.zeros_like(v))
     if av is not None:
-        av = _comb([(inv, av)] + [(-inv * c, ab) for c, ab in zip(coeffs, a_basis, strict=True)])
+        av = jnp.where(ok, 1.0 / jnp.where(ok, n1, 1.0), 0.0) * (av - coeffs @ a_basis)
     return v, av, ok, coeffs, n0, n1
 
 
@@ -115,15 +107,15 @@ def _ritz_coefficients(gram: jax.Array, valid: jax.Array) -> jax.Array:
     """The unit eigenvector of the largest eigenvalue of the valid block of a 3×3 ``gram``.
 
     Invalid rows/columns are decoupled and put below every eigenvalue of the valid block
-    (Gershgorin: ``-(Σ|G| + 1)``), so they are never chosen; the sign makes the coefficient of
-    the first valid direction non-negative.
+    (Gershgorin: ``-(Σ|G| + 1)``), so they are never chosen, and get coefficient 0; the sign
+    makes the coefficient of the first valid direction non-negative.
     """
     both = valid[:, None] & valid[None, :]
     gram = jnp.where(both, (gram + gram.T) / 2, 0.0)
     low = -(jnp.sum(jnp.abs(gram)) + 1.0)
     gram = gram + jnp.diag(jnp.where(valid, 0.0, low))
     _, vecs = jnp.linalg.eigh(gram)
-    c = vecs[:, -1]
+    c = jnp.where(valid, vecs[:, -1], 0.0)
     lead = jnp.where(valid[0], c[0], c[1])
     return jnp.where(lead < 0, -c, c)
 
@@ -134,45 +126,56 @@ def _lobpcg_step(hvp: Callable, carry: tuple) -> tuple:
     ``A·x`` and ``A·p`` are updated by linearity; ``amp_x``, ``amp_p`` bound their rounding
     error in units of one HVP's (relative to ``‖x‖``, ``‖p‖``). Orthonormalizing ``p`` against
     nearly parallel directions divides that error by a small norm; ``p`` is dropped (a restart)
-    when the bound would exceed ``_AMP_MAX``, so the error cannot grow geometrically.
+    when the bound would exceed ``_AMP_MAX``, so the error cannot grow geometrically (without
+    this, a rank-one Hessian drifts to Ritz values far above ``λ_max`` after convergence).
     """
     x, ax, w, p, ap, amp_x, amp_p, has_x, has_p = carry
-    w, _, w_ok, _, _, _ = _orthonormalize(w, None, [x], [ax])
+    w, _, w_ok, _, _, _ = _orthonormalize(w, None, x[None], None)
     aw = hvp(w)
-    p, ap, p_ok, (cx, cw), n0, n1 = _orthonormalize(p, ap, [x, w], [ax, aw])
-    amp_hat = (amp_p * n0 + jnp.abs(cx) * amp_x + jnp.abs(cw)) * _numerics.safe_inv(n1)
+    p, ap, p_ok, coeffs, n0, n1 = _orthonormalize(p, ap, jnp.stack([x, w]), jnp.stack([ax, aw]))
+    amp_hat = (amp_p * n0 + jnp.abs(coeffs[0]) * amp_x + jnp.abs(coeffs[1])) * _numerics.safe_inv(
+        n1
+    )
     p_ok = p_ok & has_p & (amp_hat <= _AMP_MAX)
     amp_hat = jnp.where(p_ok, amp_hat, 0.0)
-    basis, a_basis = (x, w, p), (ax, aw, ap)
-    dot = _extra_args.tree_dot
-    gram = jnp.stack([jnp.stack([dot(b, ab) for ab in a_basis]) for b in basis])
-    c = _ritz_coefficients(gram, jnp.stack([has_x, w_ok, p_ok]))
-    c = jnp.where(jnp.stack([has_x, w_ok, p_ok]), c, 0.0)
-    x_new, n = _normalize(_comb([(c[0], x), (c[1], w), (c[2], p)]))
+    basis, a_basis = jnp.stack([x, w, p]), jnp.stack([ax, aw, ap])
+    c = _ritz_coefficients(basis @ a_basis.T, jnp.stack([has_x, w_ok, p_ok])).astype(x.dtype)
+    x_new, n = _normalize(c @ basis)
     inv = _numerics.safe_inv(n)
-    ax_new = _comb([(c[0] * inv, ax), (c[1] * inv, aw), (c[2] * inv, ap)])
+    ax_new = inv * (c @ a_basis)
     amp_x = (jnp.abs(c[0]) * amp_x + jnp.abs(c[1]) + jnp.abs(c[2]) * amp_hat) * inv
-    p_new = _comb([(c[1], w), (c[2], p)])
-    ap_new = _comb([(c[1], aw), (c[2], ap)])
+    c_p = c.at[0].set(0)
+    p_new, ap_new = c_p @ basis, c_p @ a_basis
     amp_p = (jnp.abs(c[1]) + jnp.abs(c[2]) * amp_hat) * _numerics.safe_inv(jnp.hypot(c[1], c[2]))
-    rho = dot(x_new, ax_new)
-    w_new = _comb([(1.0, ax_new), (-rho, x_new)])  # the residual: the next direction
+    w_new = ax_new - jnp.vdot(x_new, ax_new) * x_new  # the residual: the next direction
     return (x_new, ax_new, w_new, p_new, ap_new, amp_x, amp_p, jnp.array(True), has_x)
 
 
-def _top_eigenpair(hvp: Callable, x0: list[jax.Array], num_iters: Any):
-    """``num_iters`` LOBPCG iterations from ``x0``: the Ritz vector and ``ρ = xᵀHx``.
+def _top_eigenpair(hvp: Callable, x0: jax.Array, num_iters: Any):
+    """``num_iters`` LOBPCG iterations from the flat ``x0``: the Ritz vector and ``ρ = xᵀHx``.
 
     Iteration 0 applies ``H`` to ``x0`` itself (``ρ`` is then its Rayleigh quotient); each
     later one to the current residual. Exactly ``num_iters`` HVPs, one compiled loop body.
     """
-    zeros = [jnp.zeros_like(v) for v in x0]
+    zeros = jnp.zeros_like(x0)
     false = jnp.array(False)
-    amp = jnp.zeros([], _extra_args.tree_dot(x0, x0).dtype)
-    carry = (zeros, zeros, list(x0), zeros, zeros, amp, amp, false, false)
+    amp = jnp.zeros([], x0.dtype)
+    carry = (zeros, zeros, x0, zeros, zeros, amp, amp, false, false)
     carry = jax.lax.fori_loop(0, num_iters, lambda _, c: _lobpcg_step(hvp, c), carry)
     x, ax = carry[0], carry[1]
-    return x, _extra_args.tree_dot(x, ax)
+    return x, jnp.vdot(x, ax)
+
+
+def _flatten(leaves: Sequence[jax.Array], dtype: Any) -> jax.Array:
+    return jnp.concatenate([jnp.ravel(v).astype(dtype) for v in leaves])
+
+
+def _unflatten(flat: jax.Array, like: Sequence[jax.Array]) -> list[jax.Array]:
+    out, start = [], 0
+    for v in like:
+        out.append(flat[start : start + v.size].reshape(v.shape).astype(v.dtype))
+        start += v.size
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,7 +215,8 @@ def _random_start(seed: Any, leaves: list[Any], sel: list[bool]) -> list[jax.Arr
             out.append(jax.random.normal(jax.random.fold_in(key, i), jnp.shape(p), dtype))
         else:
             out.append(jnp.zeros(jnp.shape(p), dtype))
-    return _normalize(out)[0]
+    inv = _numerics.safe_inv(_extra_args.tree_norm(out))
+    return [(inv * v).astype(v.dtype) for v in out]
 
 
 def _estimate(grad_fn, params, leaves, sel, x_all, num_iters, name=_NAME):
@@ -220,16 +224,19 @@ def _estimate(grad_fn, params, leaves, sel, x_all, num_iters, name=_NAME):
     idx = [i for i, s in enumerate(sel) if s]
     if not idx:  # an empty block: nothing to multiply, the estimate is 0
         return list(x_all), jnp.zeros([], jnp.float32)
+    x0 = [x_all[i] for i in idx]
+    dtype = jnp.result_type(*x0)
 
     def hvp(v):
-        return _extra_args.hessian_vector_product(grad_fn, params, v, sel, name)
+        out = _extra_args.hessian_vector_product(grad_fn, params, _unflatten(v, x0), sel, name)
+        return _flatten(out, dtype)
 
-    x0 = [x_all[i] for i in idx]
-    x, rho = _top_eigenpair(hvp, x0, num_iters)
-    ok = jnp.isfinite(rho)  # a non-finite Hessian: report it, keep the old warm start
+    flat0 = _flatten(x0, dtype)
+    x, rho = _top_eigenpair(hvp, flat0, num_iters)
+    x = jnp.where(jnp.isfinite(rho), x, flat0)  # a non-finite Hessian: keep the warm start
     out = list(x_all)
-    for j, i in enumerate(idx):
-        out[i] = jnp.where(ok, x[j], x0[j]).astype(x_all[i].dtype)
+    for i, v in zip(idx, _unflatten(x, x0), strict=True):
+        out[i] = v
     return out, rho.astype(jnp.float32)
 
 

@@ -39,18 +39,18 @@ et al. 2018; Sedghi et al. 2019). To certify a conv layer at ``c``, clip its res
 compute the exact operator norm of the convolution (FFT singular values, Sedghi et al.) as a
 check; this transform only controls the reshaped matrix.
 
-Which method (measured)
------------------------
+Which method
+------------
 The default, ``method="exact"``, is the Euclidean projection by ``eigh`` of the Gram matrix on
 the short side. It is the default because it is the cheapest method that keeps the promise
 from any start: a certificate ``σ_max ≤ c(1 + 10⁻³)`` needs ``O(m·n·min(m, n))`` work (a Gram
-matrix and a factorization) — the cheap upper bounds ``‖W‖_F`` and ``√(‖W‖₁‖W‖_∞)`` are loose by
-up to ``√rank``, and power iteration only gives *lower* bounds — and among such methods the
-Gram ``eigh`` is the fastest on CPU (1.5–2.3× faster than an SVD, 4× faster than 8 Newton–Schulz
-steps: ``bench/RESULTS.md`` suite 3), and the most accurate in float32 (σ within 3.2e-6 of a
-float64 SVD, half the float32 SVD route's Frobenius error). ``"newton_schulz"`` is faster on
-GPU but its bound is not certified from far outside the ball; ``"power"`` is the cheap
-spectral-normalization rescale (see :func:`spectral_clip`).
+matrix and a factorization): the cheap upper bounds ``‖W‖_F`` and ``√(‖W‖₁‖W‖_∞)`` are loose by
+up to ``√rank``, and power iteration only gives *lower* bounds. Among the methods that pay
+that price, the Gram ``eigh`` is the fastest on CPU (faster than an SVD, and than 8
+Newton–Schulz steps: ``bench/RESULTS.md``, suite 3) and is as accurate as the float32 SVD route;
+``"newton_schulz"`` is faster on GPU but its bound is not certified from far outside the ball.
+``"power"`` is the cheap spectral-normalization rescale (see :func:`spectral_clip`). The cost of
+each per step, relative to ``adamw``: ``docs/families/spectral.md`` (``bench/RESULTS_spectral.md``).
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ from optareg._spectral_ops import (
     clip_exact,
     clip_newton_schulz,
     power_iterate,
+    sigma_max,
     start_vectors,
 )
 
@@ -315,7 +316,7 @@ def _power_scale(w, a, b, ref, c, num_iters):
     """Power iteration on θ (``w``, B matrices) and the rescale ``s = min(1, c/σ̂)``.
 
     It runs on θ, the matrix the optimizer reads anyway, not on ``θ + u`` (which would have to
-    be materialized: measured 2.7× adamw against 1.2× on CPU, ``bench/suite_spectral.py``).
+    be written out by the optimizer's loop and read back twice, ``bench/ANALYSIS.md``).
     Since ``θ_t = s_{t−1}(θ_{t−1} + u_{t−1})``, ``g = σ̂(θ_t)/ref`` with ``ref = s_{t−1}
     σ̂(θ_{t−1})`` is the growth factor ``σ(θ + u)/σ(θ)`` of the last step, measured for free;
     the new step is predicted to grow the same: ``σ̂ = σ̂(θ_t)·g``, ``g`` clipped to
@@ -365,6 +366,13 @@ def _newton_schulz_leaf(
 
 
 _LEAF_FNS = {"exact": _exact_leaf, "power": _power_leaf, "newton_schulz": _newton_schulz_leaf}
+# The per-leaf state fields each method keeps (the others are ``None``).
+_ALL_FIELDS = ("u", "v", "sigma", "expected")
+_FIELDS = {
+    "exact": ("sigma",),
+    "power": ("u", "v", "sigma", "expected"),
+    "newton_schulz": ("u", "v", "sigma"),
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -422,16 +430,15 @@ class _NotParams:
     """
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def _init_leaf(p: jax.Array, plan: _Plan, method: str, init_iters: int) -> dict[str, Any]:
     """The per-leaf state at ``init``: vectors from ``init_iters`` iterations on θ₀, σ of θ₀."""
-    dt = _numerics.compute_dtype(p)
-    w = _to_mats(jnp.asarray(p).astype(dt), plan)
+    w = _to_mats(_numerics.upcast(p), plan)
     shapes = plan.batch_shape
     if method == "exact":
-        sigma = clip_exact(w, jnp.asarray(jnp.inf, dt))[1]
-        return {"u": None, "v": None, "sigma": sigma.reshape(shapes), "expected": None}
-    a, b = start_vectors(plan.batch, plan.m, plan.n, dt)
-    sigma = jnp.zeros((plan.batch,), dt)
+        return {"u": None, "v": None, "sigma": sigma_max(w).reshape(shapes), "expected": None}
+    a, b = start_vectors(plan.batch, plan.m, plan.n, w.dtype)
+    sigma = jnp.zeros((plan.batch,), w.dtype)
     if init_iters:
         a, b, sigma = power_iterate(w, a, b, init_iters)
     return {
@@ -556,15 +563,16 @@ def spectral_clip(
       ``init``) times the growth factor of the last step (see ``SpectralClipState.expected``);
       that costs two matrix-vector products on the matrix the optimizer reads anyway. The bound
       holds only as well as σ̂ estimates ``σ(θ + u)``; it is no certificate (σ̂ is a power
-      iterate: it approaches σ_max from below). Measured (float64 SVD, tests): after one step
-      from a 64×64 N(0, 1) matrix with ``σ_max = 16c``, ``σ_max ≤ c(1 + 10⁻³)``; on an MLP
-      under Adam (lr 3e-4) ``σ_max ≤ c(1 + 3·10⁻³)`` at step 1, up to ``c(1 + 0.1)`` while the
-      top singular values cross during the first ~100 steps, then ``≤ c(1 + 10⁻³)``. Under Adam
-      the repeated rescale collapses the spectrum: on the Equinox MLP 64-128-128-128-10 on
-      digits (400 steps of ``adam(3e-4)``) the smallest ``σ₅/σ₁`` over the layers is 0.06 and
-      the training loss stays at 2.15, against ``σ₅/σ₁ = 1`` and loss 1.35 for ``"exact"``
-      (``bench/spectral_mlp.py``). Use it for GAN discriminators (spectral normalization) and
-      where a ~1% excess is acceptable; use ``"exact"`` for a certified Lipschitz bound.
+      iterate: it approaches σ_max from below). Measured (float64 SVD, tests): after one Adam
+      step from a 64×64 N(0, 1) matrix with ``σ_max = 16c``, ``σ_max ≤ c(1 + 3·10⁻³)``; on a
+      64-64-64-10 MLP under ``adam(3e-4)`` on digits, ``≤ c(1 + 3·10⁻³)`` at step 1, up to
+      ``c(1 + 0.1)`` while the top singular values cross during the first ~100 steps, and
+      ``≤ c(1 + 10⁻³)`` after 200 steps. Under Adam the repeated rescale collapses the
+      spectrum: on that MLP after 300 steps the smallest σ₅/σ₁ over the layers is 0.25 and the
+      training loss 2.05, against σ₅/σ₁ = 1.00 and loss 1.42 for ``"exact"`` (tests; the
+      Equinox MLP of ``bench/spectral_mlp.py`` shows the same). Use it for GAN discriminators
+      (spectral normalization) and where a ~1% excess is acceptable; use ``"exact"`` for a
+      certified Lipschitz bound.
 
     Why ``"power"`` is not certified: a cheap *upper* bound on σ_max (``‖W‖_F``,
     ``√(‖W‖₁‖W‖_∞)``) is loose by up to ``√rank``, and rescaling by it would shrink the matrix by
@@ -631,8 +639,7 @@ def spectral_clip(
     def init_state(params):
         if _validation.is_params_placeholder(params):
             marker = _NotParams()
-            vec = None if method == "exact" else marker
-            return {"u": vec, "v": vec, "sigma": marker, "expected": None}
+            return {f: marker if f in _FIELDS[method] else None for f in _ALL_FIELDS}
         return _init_fields(params, method, ints["init_iters"])
 
     def operator(leaf, max_norm, metrics_step=True):
@@ -662,19 +669,18 @@ def _init_fields(params: Any, method: str, init_iters: int) -> dict[str, Any]:
     plans = _ACTIVE_PLANS.get()
     treedef = jax.tree.structure(params, is_leaf=_is_none)
     flat, paths = treedef.flatten_up_to(params), _paths.leaf_paths(params, treedef)
-    empty = {"u": None, "v": None, "sigma": None, "expected": None}
     outs = [
-        empty
+        None
         if p is None or plans.get(path) is None
         else _init_leaf(p, plans[path], method, init_iters)
         for p, path in zip(flat, paths, strict=True)
     ]
-    fields = {}
-    for name in empty:
-        values = [o[name] for o in outs]
-        used = (name != "expected" or method == "power") and (name == "sigma" or method != "exact")
-        fields[name] = treedef.unflatten(values) if used else None
-    return fields
+    return {
+        f: treedef.unflatten([None if o is None else o[f] for o in outs])
+        if f in _FIELDS[method]
+        else None
+        for f in _ALL_FIELDS
+    }
 
 
 def spectral_norms(params: Any, matrix_axes: Any = None, *, layout: str = "auto") -> Any:

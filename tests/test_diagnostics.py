@@ -11,7 +11,16 @@ import pytest
 
 import optareg
 
-METRICS = ("grad_norm", "param_norm", "update_norm", "update_ratio", "sparsity", "nonfinite")
+METRICS = (
+    "grad_norm",
+    "param_norm",
+    "update_norm",
+    "update_ratio",
+    "sparsity",
+    "nonfinite",
+    "applied_update_ratio",
+    "lost_update_fraction",
+)
 
 
 def make_tree(dtype=jnp.float32, seed=0):
@@ -40,18 +49,32 @@ def make_updates(params, seed=1, nonfinite=False):
     return jax.tree.map(lambda x: jnp.asarray(x, dtype), u)
 
 
+def landed(u, p):
+    """``optax.apply_updates(θ, u)`` in numpy: θ + u rounded to θ's dtype, as float64."""
+    p_np = np.asarray(p)
+    y = (np.asarray(p, np.float64) + np.asarray(u, np.float64)).astype(p_np.dtype)
+    return y.astype(np.float64)
+
+
 def np_metrics(u_leaves, p_leaves):
     """float64 reference over a list of leaves."""
     u = np.concatenate([np.asarray(x, np.float64).ravel() for x in u_leaves])
     p = np.concatenate([np.asarray(x, np.float64).ravel() for x in p_leaves])
+    y = np.concatenate([landed(a, b).ravel() for a, b in zip(u_leaves, p_leaves, strict=True)])
     un, pn = np.sqrt(np.sum(u**2)), np.sqrt(np.sum(p**2))
+    with np.errstate(invalid="ignore"):
+        d = y - p
+        dn = np.sqrt(np.sum(d**2))
+    moved = u != 0
     return {
         "grad_norm": un,
         "param_norm": pn,
         "update_norm": un,
         "update_ratio": un / pn if pn > 0 else 0.0,
-        "sparsity": np.mean(p + u == 0),
+        "sparsity": np.mean(y == 0),
         "nonfinite": np.sum(~np.isfinite(u)),
+        "applied_update_ratio": dn / pn if pn > 0 else 0.0,
+        "lost_update_fraction": np.sum(moved & (d == 0)) / max(np.sum(moved), 1),
     }
 
 

@@ -76,19 +76,26 @@ def _ns_cases():
     return cases
 
 
-@pytest.mark.parametrize(
-    "dtype,tol", [(jnp.float32, 1e-2), (jnp.bfloat16, 5e-2)], ids=["f32", "bf16"]
-)
-def test_newton_schulz_stays_in_ball(dtype, tol, record_property):
+# (σ_max/c − 1, relative Frobenius distance to the projection): the bounds the docstring of
+# spectral_clip_matrix states, for post-step and raw N(0, 1) inputs
+NS_TOL = {"f32": {"post": (1e-5, 1e-4), "gauss": (2e-3, 1e-3)}, "bf16": (1e-2, 1e-2)}
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+def test_newton_schulz_stays_in_ball(dtype, record_property):
     worst_excess, worst_dist = 0.0, 0.0
+    name_dt = "f32" if dtype == jnp.float32 else "bf16"
     for name, x, c in _ns_cases():
         xin = jnp.asarray(x, dtype)
         y = spectral_clip_matrix(xin, c, "newton_schulz")
         assert y.dtype == dtype
         smax = np_sigma_max(np.asarray(y, np.float64))
-        assert smax <= c * (1 + tol), (name, smax)
         ref = np_projection(np.asarray(xin, np.float64), c)
         dist = np.linalg.norm(np.asarray(y, np.float64) - ref) / np.linalg.norm(ref)
+        tol = NS_TOL[name_dt]
+        excess_tol, dist_tol = tol[name.split("(")[0]] if isinstance(tol, dict) else tol
+        assert smax <= c * (1 + excess_tol), (name, smax)
+        assert dist <= dist_tol, (name, dist)
         worst_excess = max(worst_excess, smax / c - 1)
         worst_dist = max(worst_dist, dist)
         print(
@@ -97,8 +104,6 @@ def test_newton_schulz_stays_in_ball(dtype, tol, record_property):
         )
     record_property("ns_max_relative_excess", float(worst_excess))
     record_property("ns_max_rel_frobenius_distance", float(worst_dist))
-    # the measured accuracy, as documented (f32: ~1e-5; bf16: bf16 rounding, ~3e-3)
-    assert worst_dist < (1e-3 if dtype == jnp.float32 else 1e-2)
 
 
 def test_msign_orthogonalizes():
@@ -139,6 +144,9 @@ def test_operator_argument_errors():
         ({"matrix_axes": "x"}, "matrix_axes"),
         ({"matrix_axes": MuonDimensionNumbers(reduction_axis=(), output_axis=1)}, "matrix_axes"),
         ({"mask": {"w": 1.0}}, "mask"),
+        ({"layout": "hwio"}, "layout"),
+        ({"metrics_every": 0}, "metrics_every"),
+        ({"num_iters": 1.5}, "num_iters"),
     ],
 )
 def test_bad_arguments_raise_at_construction(kwargs, match):
@@ -347,3 +355,170 @@ def test_metrics_keys_with_flax_nnx_optimizer():
     }
     for layer in model.layers:
         assert np_sigma_max(layer.kernel[...]) <= 0.5 * (1 + 1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# layouts on real models, masks, inject_hyperparams, metrics_every
+# ---------------------------------------------------------------------------------------------
+
+
+def _view(name, x):
+    """The matrix optareg clips for a leaf named ``name`` under ``layout="auto"`` (None: none)."""
+    x = np.asarray(x, np.float64)
+    if x.ndim < 2 or name == "bias":
+        return None
+    if name == "weight":  # Equinox / PyTorch: (out, in) and (O, I, kh, kw)
+        return x.reshape(x.shape[0], -1)
+    return x.reshape(-1, x.shape[-1])  # Flax / Haiku: (in, out) and HWIO
+
+
+def _linen_params():
+    nn = pytest.importorskip("flax.linen")
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.Conv(4, (3, 3))(x)
+            return nn.Dense(5)(x.reshape(x.shape[0], -1))
+
+    return Net().init(jax.random.key(0), jnp.ones((1, 6, 6, 3)))["params"]
+
+
+def _nnx_params():
+    nnx = pytest.importorskip("flax.nnx")
+    rngs = nnx.Rngs(0)
+    model = nnx.Dict(conv=nnx.Conv(3, 4, (3, 3), rngs=rngs), dense=nnx.Linear(6, 5, rngs=rngs))
+    return nnx.state(model, nnx.Param)
+
+
+def _haiku_params():
+    hk = pytest.importorskip("haiku")
+
+    def net(x):
+        x = hk.Conv2D(4, 3)(x)
+        return hk.Linear(5)(x.reshape(x.shape[0], -1))
+
+    return hk.transform(net).init(jax.random.key(0), jnp.ones((1, 6, 6, 3)))
+
+
+def _equinox_params():
+    eqx = pytest.importorskip("equinox")
+    k1, k2 = jax.random.split(jax.random.key(0))
+    model = [eqx.nn.Conv2d(3, 4, 3, key=k1), eqx.nn.Linear(6, 5, key=k2)]
+    return eqx.filter(model, eqx.is_array)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [_linen_params, _nnx_params, _haiku_params, _equinox_params],
+    ids=["flax_linen", "flax_nnx", "haiku", "equinox"],
+)
+def test_layout_auto_on_real_models(make):
+    params = make()
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    names = [optareg._paths.path_str(p).rsplit("/", 1)[-1] for p, _ in flat]
+    views = [_view(n, x) for n, (_, x) in zip(names, flat, strict=True)]
+    assert sum(v is not None for v in views) == 2  # the conv kernel and the dense matrix
+    norms = jax.tree.leaves(optareg.spectral_norms(params), is_leaf=lambda x: x is None)
+    for v, s in zip(views, norms, strict=True):
+        assert (s is None) == (v is None)
+        if v is not None:
+            np.testing.assert_allclose(float(s), np_sigma_max(v), rtol=1e-5)
+    c = 0.5 * min(np_sigma_max(v) for v in views if v is not None)  # both matrices clipped
+    tx = optareg.chain(optax.sgd(0.1), optareg.spectral_clip(c))
+    grads = jax.tree.map(lambda x: jnp.full_like(x, 0.01), params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    new = optax.apply_updates(params, updates)
+    for name, (_, x), (_, y) in zip(
+        names, flat, jax.tree_util.tree_flatten_with_path(new)[0], strict=True
+    ):
+        view = _view(name, y)
+        if view is None:  # biases (the Equinox conv bias is (4, 1, 1)) only take the sgd step
+            np.testing.assert_allclose(np.asarray(y), np.asarray(x) - 0.001, rtol=1e-6)
+        else:
+            assert np_sigma_max(view) <= c * (1 + 1e-5)
+            assert np_sigma_max(view) >= c * (1 - 1e-5)  # clipped to the bound, not below
+
+
+def test_layout_explicit_and_matrix_axes_win():
+    rng = np.random.default_rng(11)
+    w = rng.normal(size=(4, 3, 2, 2))  # named "w": flax under "auto"
+    params = {"w": jnp.asarray(w, jnp.float32)}
+    auto = optareg.spectral_norms(params)["w"]
+    torch = optareg.spectral_norms(params, layout="torch")["w"]
+    np.testing.assert_allclose(auto, np_sigma_max(w.reshape(-1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(torch, np_sigma_max(w.reshape(4, -1)), rtol=1e-5)
+    stacked = optareg.spectral_norms({"weight": params["w"]}, matrix_axes=1, layout="torch")
+    np.testing.assert_allclose(stacked["weight"], np_sigma_max(w.reshape(4, 6, 2)), rtol=1e-5)
+    with pytest.raises(ValueError, match="layout"):
+        optareg.spectral_clip(layout="jax")
+    with pytest.raises(ValueError, match="layout"):
+        optareg.spectral_norms(params, layout="oihw")
+
+
+def test_mask_as_equinox_module_of_bools():
+    eqx = pytest.importorskip("equinox")
+    model = eqx.nn.MLP(6, 3, 8, 2, key=jax.random.key(1))
+    params = eqx.filter(model, eqx.is_array)
+    params = jax.tree.map(lambda x: 3.0 * x, params)  # every layer far outside the ball
+    mask = jax.tree.map(lambda _: True, params)
+    mask = eqx.tree_at(lambda m: m.layers[1].weight, mask, False)  # a callable pytree
+    assert callable(mask)
+    tx = optareg.chain(optax.sgd(0.0), optareg.spectral_clip(0.5, mask=mask))
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    new = optax.apply_updates(params, tx.update(zeros, tx.init(params), params)[0])
+    for i, layer in enumerate(new.layers):
+        s = np_sigma_max(layer.weight)
+        if i == 1:
+            np.testing.assert_array_equal(layer.weight, params.layers[1].weight)
+        else:
+            assert s == pytest.approx(0.5, rel=1e-5)
+    m = optareg.metrics(tx.init(params))
+    assert set(m) == {
+        "spectral_clip/sigma/layers/0/weight",
+        "spectral_clip/sigma/layers/2/weight",
+        "spectral_clip/sigma_max",
+    }
+
+
+def test_inject_hyperparams_needs_the_integer_arguments_static():
+    params = {"w": jnp.asarray(np.random.default_rng(2).normal(size=(6, 4)), jnp.float32)}
+    grads = jax.tree.map(jnp.ones_like, params)
+    tx = optax.inject_hyperparams(optareg.spectral_clip)(max_norm=1.0, method="power")
+    state = tx.init(params)
+    with pytest.raises(TypeError, match=r"static_args=\('num_iters', 'init_iters'"):
+        jax.jit(tx.update)(grads, state, params)
+    static = ("num_iters", "init_iters", "ns_steps", "metrics_every")
+    for method in ("exact", "power", "newton_schulz"):
+        plain = optareg.spectral_clip(1.0, method=method)
+        injected = optax.inject_hyperparams(optareg.spectral_clip, static_args=static)(
+            max_norm=1.0, method=method
+        )
+        u_plain, _ = jax.jit(plain.update)(grads, plain.init(params), params)
+        u_inj, s_inj = jax.jit(injected.update)(grads, jax.jit(injected.init)(params), params)
+        np.testing.assert_array_equal(u_inj["w"], u_plain["w"])
+        assert "max_norm" in s_inj.hyperparams
+
+
+@pytest.mark.parametrize("method", ["exact", "power", "newton_schulz"])
+def test_metrics_every_keeps_keys_and_updates(method):
+    params = _mlp_params(np.random.default_rng(3))
+    a = optareg.spectral_clip(1.0, method=method)
+    b = optareg.spectral_clip(1.0, method=method, metrics_every=3)
+    step_a, step_b = jax.jit(a.update), jax.jit(b.update)
+    sa, sb = a.init(params), b.init(params)
+    sigmas = []
+    for i in range(7):
+        g = jax.tree.map(lambda p, i=i: jnp.sin(p + i), params)
+        ua, sa = step_a(g, sa, params)
+        ub, sb = step_b(g, sb, params)
+        chex.assert_trees_all_equal(ua, ub)  # bit-identical updates
+        assert set(optareg.metrics(sb)) == set(optareg.metrics(sa))
+        sigmas.append(float(sb.sigma["layer0"]["kernel"]))
+        if method != "newton_schulz":  # σ is a by-product: recorded every step
+            chex.assert_trees_all_equal(sa, sb)
+        elif i % 3:  # σ̂ only on metrics steps (count 0, 3, 6); kept in between
+            assert sigmas[-1] == sigmas[-2]
+        params = optax.apply_updates(params, ua)
+    if method == "newton_schulz":
+        assert len(set(sigmas)) == 3

@@ -1,7 +1,5 @@
 """Conformance entries for optareg.sharpness (the sharpness monitor: extra-args, first in chain)."""
 
-import optax
-
 import optareg
 from registry._entry import MASK as _MASK
 from registry._entry import Entry
@@ -41,10 +39,6 @@ ENTRIES: list[Entry] = [
         "sharpness_monitor-every2-lr",
         {"num_iters": 3, "metrics_every": 2, "learning_rate": 0.1},
         inject=("learning_rate",),
-    ),
-    _entry(
-        "sharpness_monitor-lr_schedule",
-        {"num_iters": 2, "learning_rate": optax.linear_schedule(0.1, 0.01, 10)},
     ),
     _entry("sharpness_monitor-mask", {"num_iters": 3, "mask": _MASK}),
 ]
