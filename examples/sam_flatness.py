@@ -23,14 +23,15 @@ Gradient descent with step ``η`` is stable along a direction of curvature ``λ`
 edge of stability, Cohen et al. 2021; ``edge_of_stability ≈ 1``); SAM keeps it several times
 lower. The script prints a table: test accuracy, the final training loss, the final top
 eigenvalue of the *full* training loss (``optareg.hessian_top_eigenvalue``, 50 HVPs) and the
-mean monitored ``λ_max·η/2`` over the last quarter of training. Measured on 2 CPU cores with the
-defaults: SGD λ_max(full) ≈ 3.1 and a mean edge_of_stability ≈ 0.4 (peaks above 1), SAM
-λ_max(full) ≈ 0.55 and ≈ 0.1, at about the same training loss and a higher test accuracy.
+mean and maximum of the monitored ``λ_max·η/2``. Measured on 2 CPU cores with the defaults: SGD
+λ_max(full) ≈ 3.1, edge_of_stability ≈ 0.65 on average over the last quarter (up to 1.4); SAM
+λ_max(full) ≈ 0.55 (5.5× lower), edge_of_stability ≈ 0.15 (up to 0.53), at a training loss 1.2×
+SGD's and a higher test accuracy (0.988 vs 0.978).
 
 Saves ``examples/figures/sam_flatness.png``: the monitored λ_max along training for both runs
 with ``2/η`` drawn in, and the training loss.
 
-Run: ``python examples/sam_flatness.py`` (under a minute on 2 CPU cores).
+Run: ``python examples/sam_flatness.py`` (about 45 s of CPU time, compilation included).
 """
 
 from __future__ import annotations
@@ -154,14 +155,14 @@ def main(argv=None):
     )
     header = (
         f"{'method':<6} {'test acc':>9} {'train loss':>11} {'λ_max (full)':>13} "
-        f"{'λ_max·η/2 (full)':>17} {'edge_of_stab. last 1/4':>23} {'max':>6}"
+        f"{'λ_max·η/2 (full)':>17} {'edge_of_stability: last 1/4':>28} {'max':>6}"
     )
     print(header)
     print("-" * len(header))
     for name, r in results.items():
         print(
             f"{name:<6} {r['acc']:>9.4f} {r['train_loss']:>11.4f} {r['lam_full']:>13.3f} "
-            f"{r['lam_full'] * args.lr / 2:>17.3f} {r['eos_last']:>23.3f} {r['eos_max']:>6.2f}"
+            f"{r['lam_full'] * args.lr / 2:>17.3f} {r['eos_last']:>28.3f} {r['eos_max']:>6.2f}"
         )
     sgd, sam = results["SGD"], results["SAM"]
     print(

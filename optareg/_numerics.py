@@ -76,8 +76,8 @@ def after(x: jax.Array, *deps: Any) -> jax.Array:
     reads one entry of each dependency and is always false (nothing is ``> inf``, NaN
     included), but XLA cannot know that; ``where(flag, 0, x)`` fuses into ``x``'s consumer.
     """
-    scalars = [jnp.asarray(d).reshape(-1)[:1].astype(jnp.float32) for d in deps]
-    scalars = [s for s in scalars if s.size]
+    deps = [jnp.asarray(d) for d in deps]
+    scalars = [d[(0,) * d.ndim].astype(jnp.float32).reshape(1) for d in deps if d.size]
     if not scalars:
         return x
     flag = jnp.any(jnp.concatenate(scalars) > jnp.inf)
@@ -85,6 +85,8 @@ def after(x: jax.Array, *deps: Any) -> jax.Array:
     def cpu(x, flag):
         return jnp.where(flag, jnp.zeros_like(x), x)
 
+    if jax.device_count() > 1:  # arrays may be sharded: no cross-device dependency for this
+        return x
     return jax.lax.platform_dependent(x, flag, cpu=cpu, default=lambda x, flag: x)
 
 
@@ -132,41 +134,38 @@ def div_by_scale(x: jax.Array, a: jax.Array) -> jax.Array:
 # What XLA compiles to memory speed (measured in ``bench/suite_stats.py``, HLO inspected with
 # ``jax.jit(f).lower(...).compile().as_text()``):
 #
-# * One *variadic* reduction over the last axis (``lax.reduce`` of several same-shaped terms)
-#   is one loop over the data that yields every term's row sums. Counts are int32 terms
-#   (``(x == 0).astype(int32)``): exact, with no fallback for NaN, ±0 or Inf.
-# * XLA:CPU vectorizes that loop only while it holds at most one floating-point accumulator
-#   (it marks the reduction ``reassoc`` only then), so on CPU the first float term rides with
-#   the integer terms and every further float term is its own single-term reduction (which
-#   XLA:CPU hands to YNNPACK: vectorized, multi-threaded, as long as the term is plain
-#   arithmetic). Elsewhere (GPU, TPU) all terms share one reduction.
-# * A reduction whose only term is an integer (or a predicate) is rewritten by XLA:CPU into a
-#   tree of ``reduce-window`` passes over a *materialized* input: never emitted here (a float
-#   term always rides along, and is kept alive).
+# * XLA:CPU has no multi-output fusion of reductions: every ``jnp.sum`` is its own pass over
+#   the data. One *variadic* ``lax.reduce`` of several same-shaped terms over the rows is one
+#   pass for all of them, and counts in it are int32 terms (``(x == 0).astype(int32)``): exact,
+#   with no fallback path for NaN, ±0 or Inf.
+# * XLA:CPU vectorizes such a loop only while it holds one floating-point accumulator (only
+#   then is the reduction marked ``reassoc``), so several float terms are stacked into one
+#   float operand ``(..., K, C)`` beside the stacked integer terms (see :func:`_sums_cpu`).
+# * A reduction of a lone integer term, or of a predicate, is rewritten by XLA:CPU into a tree
+#   of ``reduce-window`` passes over a *materialized* input: never emitted here (a float term
+#   always rides along, and is kept alive); a lone float term of plain arithmetic goes to
+#   YNNPACK (vectorized, multi-threaded).
 # * Nothing here materializes an array of the input's size: on XLA:CPU every such temporary is
 #   fresh memory on every step (page faults), which costs more than the arithmetic.
+# * Elsewhere (GPU, TPU), and whenever arrays may be sharded (several devices: the SPMD
+#   partitioner all-gathers a variadic reduction), one plain reduction per term: XLA:GPU/TPU
+#   fuse sibling reductions of the same data into one pass.
 #
 # Subnormals count as whatever the backend's arithmetic makes of them: XLA:CPU flushes them to
 # zero (FTZ/DAZ), so there a subnormal is a zero, consistently with every other operation.
 
-_MIN_ROW = 128  # merge trailing axes of a leaf until its rows are at least this long
 _SPLIT_1D = 16384  # 1-D leaves longer than this are summed as rows of _ROW_1D entries
 _ROW_1D = 4096
 
 
 def _as_rows(t: jax.Array) -> jax.Array:
-    """``t`` viewed so that its last axis is a reasonable row (a free, row-major reshape)."""
+    """``t`` with a last axis to reduce over: the leaf's own rows (no reshape, so a sharded leaf
+    keeps its sharding); a long 1-D leaf is split into rows (its partial sums stay accurate)."""
     if t.ndim == 0:
         return t.reshape(1)
-    if t.ndim == 1:
-        if t.size > _SPLIT_1D and t.size % _ROW_1D == 0:
-            return t.reshape(-1, _ROW_1D)
-        return t
-    k, cols = t.ndim - 1, t.shape[-1]
-    while k > 0 and cols < _MIN_ROW:
-        k -= 1
-        cols *= t.shape[k]
-    return t if k == t.ndim - 1 else t.reshape(*t.shape[:k], cols)
+    if t.ndim == 1 and t.size > _SPLIT_1D and t.size % _ROW_1D == 0:
+        return t.reshape(-1, _ROW_1D)
+    return t
 
 
 def _is_float(t: jax.Array) -> bool:
@@ -185,15 +184,34 @@ def _reduce_rows(arrays: Sequence[jax.Array], slots: bool = False) -> list[jax.A
     return [jnp.sum(r, axis=tuple(range(r.ndim - slots)), dtype=r.dtype) for r in rows]
 
 
-def _sums_one_pass(terms: list[jax.Array]) -> list[jax.Array]:
-    """All terms in one variadic reduction (GPU, TPU: several accumulators are no problem)."""
-    return _reduce_rows(terms)
+def _sums_separate(terms: list[jax.Array]) -> list[jax.Array]:
+    """One plain reduction per term: XLA's SPMD partitioner splits these over any sharding
+    (a variadic reduction it would all-gather), and XLA:GPU/TPU fuse sibling reductions of the
+    same data into one pass (multi-output fusion)."""
+    return [jnp.sum(t, dtype=t.dtype) for t in terms]
 
 
 def _sums_cpu(terms: list[jax.Array]) -> list[jax.Array]:
-    """XLA:CPU vectorizes a reduction only while it has one float accumulator: with several
-    float terms, they are stacked along a new axis (``(..., K, C)``, one float operand) beside
-    the stacked integer terms, so each row is read once and every slot is a vectorized loop."""
+    """One pass on XLA:CPU (see the notes above); one reduction per term with several devices
+    (the arrays may be sharded, and SPMD would all-gather a variadic reduction)."""
+    if jax.device_count() > 1:
+        return _sums_separate(terms)
+    terms = [_as_rows(t) for t in terms]
+    n, riders = len(terms), []  # a rider keeps XLA on the variadic form; it must be used
+    if not any(_is_float(t) for t in terms):
+        riders.append(terms[0].astype(jnp.float32))
+    elif len(terms) > 1 and all(_is_float(t) for t in terms):
+        riders.append((terms[0] != 0).astype(jnp.int32))
+    sums = _packed_sums(terms + riders)
+    if not riders:
+        return sums
+    keep = sum((x < 0) if x.dtype == jnp.int32 else (x > jnp.inf) for x in sums[n:])  # False
+    return [x + jnp.asarray(keep, x.dtype) for x in sums[:n]]
+
+
+def _packed_sums(terms: list[jax.Array]) -> list[jax.Array]:
+    """Several float terms stacked along a new axis (``(..., K, C)``: one float operand) beside
+    the stacked integer terms: each row is read once and every slot is a vectorized loop."""
     floats = [i for i, t in enumerate(terms) if _is_float(t)]
     if len(floats) <= 1:
         return _reduce_rows(terms)
@@ -241,7 +259,7 @@ def fused_sums(terms: Sequence[jax.Array]) -> list[jax.Array]:
       >>> int(zeros), int(bad), float(ssq)
       (2, 2, 13.0)
     """
-    terms = [_as_rows(jnp.asarray(t)) for t in terms]
+    terms = [jnp.asarray(t) for t in terms]
     if not terms:
         return []
     fdt = jnp.promote_types(
@@ -250,15 +268,9 @@ def fused_sums(terms: Sequence[jax.Array]) -> list[jax.Array]:
     terms = [t.astype(fdt) if _is_float(t) else t.astype(jnp.int32) for t in terms]
     if terms[0].size == 0:
         return [jnp.zeros([], t.dtype) for t in terms]
-    n = len(terms)
-    extra = []  # riders that keep XLA on the variadic form (an unused one would be removed)
-    if not any(_is_float(t) for t in terms):
-        extra.append(terms[0].astype(fdt))
-    elif sum(_is_float(t) for t in terms) > 1 and all(_is_float(t) for t in terms):
-        extra.append((terms[0] != 0).astype(jnp.int32))
-    sums = jax.lax.platform_dependent(terms + extra, cpu=_sums_cpu, default=_sums_one_pass)
-    keep = sum(((x < 0) if x.dtype == jnp.int32 else (x > jnp.inf)) for x in sums[n:])
-    return [x + jnp.asarray(keep, x.dtype) for x in sums[:n]] if extra else sums
+    if terms[0].ndim == 0:
+        return terms
+    return jax.lax.platform_dependent(terms, cpu=_sums_cpu, default=_sums_separate)
 
 
 def nonzero_count(x: jax.Array) -> jax.Array:

@@ -201,8 +201,7 @@ def clip_newton_schulz(x: jax.Array, c, steps: int) -> jax.Array:
     # The barrier keeps a Python-float c and an injected array c on one compiled path (bit-identical
     # results under optax.inject_hyperparams).
     c = jax.lax.optimization_barrier(jnp.asarray(c, x.dtype))
-    a = jnp.maximum(jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True), c)
-    a = jnp.where((a > 0) & jnp.isfinite(a), a, 1.0)
+    a = jnp.maximum(max_abs_scale(x), c)
     xs = div_by_scale(x, a)
     cs = div_by_scale(jnp.broadcast_to(c, a.shape), a)
     q = msign(xs, steps)

@@ -8,8 +8,11 @@ like the optimizer's). This is proximal gradient descent (ISTA) when the base op
 With heavy-ball momentum ``β`` in the base optimizer the stationary step is ``η/(1 − β)`` times
 the gradient: pass ``learning_rate=η/(1 − β)`` to the prox, otherwise the fixed points solve the
 problem with strength ``λ·(1 − β)``. Every state records ``"<name>/zeros_fraction"``, the
-fraction of exact zeros among the entries the prox acted on after the last step (read it with
-:func:`optareg.metrics`).
+fraction of exact zeros among the entries the prox acted on after the last step, and (except
+``prox_adam``) ``"<name>/penalty"``, ``λ_t·R(θ_{t+1})`` (read them with
+:func:`optareg.metrics`). Both are statistics of the new parameters exactly as
+``optax.apply_updates`` writes them, computed in one pass over them (an exact int32 count
+beside one float sum), every ``metrics_every`` steps.
 """
 
 from __future__ import annotations
@@ -121,10 +124,12 @@ def prox_l1(
       l1: the L1 strength ``λ ≥ 0`` (constant or schedule).
       learning_rate: the optimizer's learning rate ``η > 0`` (the same constant or schedule).
       mask: optax mask (pytree/prefix of bools or callable; ``True`` = apply the prox).
+      metrics_every: compute the statistics every ``metrics_every`` steps (an int ≥ 1; the
+        state holds the last values in between; static under ``optax.inject_hyperparams``).
 
     Returns:
       A post-step ``optax.GradientTransformationExtraArgs``; its state records
-      ``"prox_l1/zeros_fraction"``.
+      ``"prox_l1/zeros_fraction"`` and ``"prox_l1/penalty"`` (``λ_t‖θ_{t+1}‖₁``).
 
     Example:
       >>> import jax.numpy as jnp, optax, optareg
@@ -184,10 +189,13 @@ def prox_elastic_net(
       l2: ridge strength ``λ₂ ≥ 0`` (constant or schedule).
       learning_rate: the optimizer's learning rate ``η > 0`` (the same constant or schedule).
       mask: optax mask (``True`` = apply the prox).
+      metrics_every: compute the statistics every ``metrics_every`` steps (an int ≥ 1; the
+        state holds the last values in between; static under ``optax.inject_hyperparams``).
 
     Returns:
       A post-step ``optax.GradientTransformationExtraArgs``; its state records
-      ``"prox_elastic_net/zeros_fraction"``.
+      ``"prox_elastic_net/zeros_fraction"`` and ``"prox_elastic_net/penalty"``
+      (``λ₁‖θ_{t+1}‖₁ + (λ₂/2)‖θ_{t+1}‖²``).
 
     Example:
       >>> import jax.numpy as jnp, optax, optareg
@@ -265,10 +273,14 @@ def prox_group_lasso(
       axis: the axis indexing the groups in every selected leaf (a static int; under
         ``optax.inject_hyperparams`` pass ``static_args=("axis",)``).
       mask: optax mask (``True`` = apply the prox).
+      metrics_every: compute the statistics every ``metrics_every`` steps (an int ≥ 1; the
+        state holds the last values in between; static under ``optax.inject_hyperparams``).
 
     Returns:
       A post-step ``optax.GradientTransformationExtraArgs``; its state records
-      ``"prox_group_lasso/zeros_fraction"`` (over the selected leaves).
+      ``"prox_group_lasso/zeros_fraction"`` and ``"prox_group_lasso/penalty"``
+      (``λ_t Σ_g √|g|·‖θ_{t+1,g}‖``, from the group norms the operator computes), over the
+      selected leaves.
 
     Example:
       >>> import jax.numpy as jnp, optax, optareg
@@ -362,10 +374,13 @@ def prox_nuclear(
       strength: nuclear-norm strength ``λ ≥ 0`` (constant or schedule).
       learning_rate: the optimizer's learning rate ``η > 0`` (the same constant or schedule).
       mask: optax mask (``True`` = apply the prox).
+      metrics_every: compute the statistics every ``metrics_every`` steps (an int ≥ 1; the
+        state holds the last values in between; static under ``optax.inject_hyperparams``).
 
     Returns:
       A post-step ``optax.GradientTransformationExtraArgs``; its state records
-      ``"prox_nuclear/zeros_fraction"`` (exact zeros appear when a whole matrix is thresholded
+      ``"prox_nuclear/penalty"`` (``λ_t‖θ_{t+1}‖_*``, one more SVD per matrix on the metrics
+      steps) and ``"prox_nuclear/zeros_fraction"`` (exact zeros appear when a whole matrix is thresholded
       away).
 
     Example:
@@ -472,6 +487,8 @@ def prox_adam(
       eps: ``ε ≥ 0`` added to ``√v̂``.
       weight_decay: decoupled weight decay ``wd ≥ 0`` (constant or schedule).
       mask: optax mask (pytree/prefix of bools or callable) selecting prox + weight-decay leaves.
+      metrics_every: compute the statistics every ``metrics_every`` steps (an int ≥ 1; the
+        state holds the last values in between; static under ``optax.inject_hyperparams``).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is :class:`ProxAdamState`

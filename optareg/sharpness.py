@@ -83,23 +83,26 @@ def _normalize(v: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def _orthonormalize(v, av, basis, a_basis):
-    """``v`` minus its projections on the orthonormal rows of ``basis`` (twice: CGS2), normalized.
+    """``v`` minus its projections on the orthonormal ``basis`` (twice: CGS2), normalized.
 
     ``av`` (``A·v``, or ``None``) gets the same linear combination with ``a_basis``. Returns
     ``(v̂, A·v̂ or None, ok, coefficients, ‖v‖ before, ‖v‖ after)``; ``ok`` is False (and
-    ``v̂ = 0``) when the direction is numerically inside the span of ``basis``.
+    ``v̂ = 0``) when the direction is numerically inside the span of ``basis``. The vectors are
+    never stacked (no copies): each projection is one dot product and one fused update.
     """
     n0 = _normalize(v)[1]
-    c1 = basis @ v
-    v = v - c1 @ basis
-    c2 = basis @ v
-    v = v - c2 @ basis
-    coeffs = c1 + c2
+    coeffs = [jnp.zeros([], v.dtype) for _ in basis]
+    for _ in range(2):
+        for k, b in enumerate(basis):
+            c = jnp.vdot(b, v)
+            v = v - c * b
+            coeffs[k] = coeffs[k] + c
     v, n1 = _normalize(v)
     ok = (n1 > _DROP * n0) & (n1 > 0)
     v = jnp.where(ok, v, jnp.zeros_like(v))
     if av is not None:
-        av = jnp.where(ok, 1.0 / jnp.where(ok, n1, 1.0), 0.0) * (av - coeffs @ a_basis)
+        av = av - sum(c * ab for c, ab in zip(coeffs, a_basis, strict=True))
+        av = jnp.where(ok, 1.0 / jnp.where(ok, n1, 1.0), 0.0) * av
     return v, av, ok, coeffs, n0, n1
 
 
@@ -130,22 +133,20 @@ def _lobpcg_step(hvp: Callable, carry: tuple) -> tuple:
     this, a rank-one Hessian drifts to Ritz values far above ``λ_max`` after convergence).
     """
     x, ax, w, p, ap, amp_x, amp_p, has_x, has_p = carry
-    w, _, w_ok, _, _, _ = _orthonormalize(w, None, x[None], None)
+    w, _, w_ok, _, _, _ = _orthonormalize(w, None, [x], None)
     aw = hvp(w)
-    p, ap, p_ok, coeffs, n0, n1 = _orthonormalize(p, ap, jnp.stack([x, w]), jnp.stack([ax, aw]))
-    amp_hat = (amp_p * n0 + jnp.abs(coeffs[0]) * amp_x + jnp.abs(coeffs[1])) * _numerics.safe_inv(
-        n1
-    )
+    p, ap, p_ok, (cx, cw), n0, n1 = _orthonormalize(p, ap, [x, w], [ax, aw])
+    amp_hat = (amp_p * n0 + jnp.abs(cx) * amp_x + jnp.abs(cw)) * _numerics.safe_inv(n1)
     p_ok = p_ok & has_p & (amp_hat <= _AMP_MAX)
     amp_hat = jnp.where(p_ok, amp_hat, 0.0)
-    basis, a_basis = jnp.stack([x, w, p]), jnp.stack([ax, aw, ap])
-    c = _ritz_coefficients(basis @ a_basis.T, jnp.stack([has_x, w_ok, p_ok])).astype(x.dtype)
-    x_new, n = _normalize(c @ basis)
+    basis, a_basis = (x, w, p), (ax, aw, ap)
+    gram = jnp.stack([jnp.stack([jnp.vdot(b, ab) for ab in a_basis]) for b in basis])
+    c = _ritz_coefficients(gram, jnp.stack([has_x, w_ok, p_ok])).astype(x.dtype)
+    x_new, n = _normalize(c[0] * x + c[1] * w + c[2] * p)
     inv = _numerics.safe_inv(n)
-    ax_new = inv * (c @ a_basis)
+    ax_new = inv * (c[0] * ax + c[1] * aw + c[2] * ap)
     amp_x = (jnp.abs(c[0]) * amp_x + jnp.abs(c[1]) + jnp.abs(c[2]) * amp_hat) * inv
-    c_p = c.at[0].set(0)
-    p_new, ap_new = c_p @ basis, c_p @ a_basis
+    p_new, ap_new = c[1] * w + c[2] * p, c[1] * aw + c[2] * ap
     amp_p = (jnp.abs(c[1]) + jnp.abs(c[2]) * amp_hat) * _numerics.safe_inv(jnp.hypot(c[1], c[2]))
     w_new = ax_new - jnp.vdot(x_new, ax_new) * x_new  # the residual: the next direction
     return (x_new, ax_new, w_new, p_new, ap_new, amp_x, amp_p, jnp.array(True), has_x)
@@ -291,12 +292,17 @@ def sharpness_monitor(
       on masked-out leaves, and the JVP is taken with respect to the masked-in leaves only).
       Integer leaves are always out. An empty block gives 0.
     * Cost per measurement: ``num_iters`` HVPs (each about two to three gradient evaluations)
-      and a few dozen vector operations; memory: six params-shaped vectors during the
-      measurement, one in the state. ``metrics_every = k`` divides the cost by ``k``.
-    * Numerics: vectors and dot products in the compute dtype of each leaf (float32 for bf16
-      params, whose HVP tangents are cast to bf16); a zero Hessian gives 0, never NaN; a
-      non-finite HVP reports a non-finite ``λ_max`` for that step but keeps the previous warm
-      start.
+      and about twenty passes over one vector per iteration. The iteration runs on one flat
+      vector (the masked-in leaves concatenated, in their promoted compute dtype), so a dot
+      product is one reduction whatever the number of leaves; memory during a measurement:
+      about eight such vectors (``x``, ``Hx``, the residual and its product, ``p``, ``Hp``,
+      temporaries), one params-shaped vector in the state. ``metrics_every = k`` divides the
+      cost by ``k``.
+    * Numerics: vectors and dot products in the promoted compute dtype of the masked-in leaves
+      (float32 for bf16 and float32 params, float64 for float64 ones; bf16 params get their
+      HVP tangents cast to bf16); ``top_eigenvalue`` is float32. A zero Hessian gives 0, never
+      NaN; a non-finite HVP reports a non-finite ``λ_max`` for that step but keeps the previous
+      warm start.
 
     ``grad_fn(params) -> grads`` must close over the same batch (and RNG) as the incoming
     gradient; the estimate is of that batch's loss. It composes with :func:`sam_perturb` in one

@@ -17,7 +17,16 @@ import optax
 
 import optareg
 
-TRACK = ("grad_norm", "param_norm", "update_norm", "update_ratio", "sparsity", "nonfinite")
+TRACK = (
+    "grad_norm",
+    "param_norm",
+    "update_norm",
+    "update_ratio",
+    "sparsity",
+    "nonfinite",
+    "applied_update_ratio",
+    "lost_update_fraction",
+)
 MATRICES = ("dense1/kernel", "dense2/kernel")
 
 
@@ -62,7 +71,7 @@ def make_tx(lr=1e-2):
 
 EXPECTED = (
     {"sam_perturb/grad_norm", "sam_perturb/perturbed_grad_norm", "sam_perturb/cos"}
-    | {"prox_l1/zeros_fraction"}
+    | {"prox_l1/zeros_fraction", "prox_l1/penalty"}
     | {f"spectral_clip/sigma/{m}" for m in MATRICES}
     | {"spectral_clip/sigma_max"}
     | {f"{n}/{k}" for n in ("raw", "after_prox", "step") for k in TRACK}
@@ -97,6 +106,12 @@ def test_metrics_keys_and_cross_family_agreement():
         np.testing.assert_allclose(float(m["raw/grad_norm"]), g_np, rtol=1e-5)
         # prox_l1's produced zeros are the zeros the pass-through right after it sees
         np.testing.assert_allclose(m["prox_l1/zeros_fraction"], m["after_prox/sparsity"], rtol=1e-6)
+        # float32 weights take every step: nothing is lost to rounding, the applied change is
+        # the update up to one rounding of θ + u
+        assert float(m["step/lost_update_fraction"]) == 0.0
+        np.testing.assert_allclose(
+            m["step/applied_update_ratio"], m["step/update_ratio"], rtol=1e-4
+        )
         # the last track measures the final step actually applied
         new = np.concatenate([np.ravel(x) for x in jax.tree.leaves(new_params)])
         np.testing.assert_allclose(float(m["step/sparsity"]), np.mean(new == 0), rtol=1e-6)

@@ -153,7 +153,7 @@ def test_l2_to_value_gradient_and_errors():
 # ---------------------------------------------------------------------------------------------
 
 
-def _run(tx, params, steps=5, jit=True):
+def _run(tx, params, steps=3, jit=True):
     step = jax.jit(tx.update) if jit else tx.update
     state, out = tx.init(params), []
     for i in range(steps):
@@ -164,9 +164,17 @@ def _run(tx, params, steps=5, jit=True):
     return out, state
 
 
-@pytest.mark.parametrize("jit", [True, False], ids=["jit", "eager"])
-@pytest.mark.parametrize("strength", [1e-2, optax.linear_schedule(0.1, 0.01, 4)], ids=["c", "s"])
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize(
+    ("dtype", "strength", "jit"),
+    [
+        (jnp.float32, 1e-2, True),
+        (jnp.float32, 1e-2, False),  # eager
+        (jnp.float32, optax.linear_schedule(0.1, 0.01, 4), True),
+        (jnp.bfloat16, 1e-2, True),
+        (jnp.bfloat16, optax.linear_schedule(0.1, 0.01, 4), True),
+    ],
+    ids=["f32-c-jit", "f32-c-eager", "f32-s-jit", "bf16-c-jit", "bf16-s-jit"],
+)
 def test_add_penalty_l2_is_add_decayed_weights_bitwise(dtype, strength, jit):
     params = _params(dtype)
     mask = {"conv": {"kernel": True}, "dense": {"bias": False, "kernel": True}, "s": False}
