@@ -36,6 +36,7 @@ from optareg.decay import (
 from optareg.diagnostics import TrackState, metrics, track
 from optareg.early_stopping import EarlyStopping, EarlyStoppingState, early_stopping
 from optareg.low_precision import LowPrecisionState, low_precision_updates
+from optareg.nnx_utils import sam_grad_fn as nnx_sam_grad_fn
 from optareg.proximal import (
     ProxAdamState,
     prox_adam,
@@ -46,7 +47,6 @@ from optareg.proximal import (
 )
 from optareg.sam import SamPerturbState, sam_perturb
 from optareg.sharpness import SharpnessMonitorState, hessian_top_eigenvalue, sharpness_monitor
-from optareg.nnx_utils import sam_grad_fn as nnx_sam_grad_fn
 from optareg.spectral import SpectralClipState, spectral_clip, spectral_norms
 
 __version__ = "0.1.0"

@@ -380,8 +380,8 @@ def prox_nuclear(
     Returns:
       A post-step ``optax.GradientTransformationExtraArgs``; its state records
       ``"prox_nuclear/penalty"`` (``λ_t‖θ_{t+1}‖_*``, one more SVD per matrix on the metrics
-      steps) and ``"prox_nuclear/zeros_fraction"`` (exact zeros appear when a whole matrix is thresholded
-      away).
+      steps) and ``"prox_nuclear/zeros_fraction"`` (exact zeros appear when a whole matrix is
+      thresholded away).
 
     Example:
       >>> import jax.numpy as jnp, optax, optareg

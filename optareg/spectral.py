@@ -339,7 +339,7 @@ def _newton_schulz_leaf(
     *,
     num_iters: int,
     ns_steps: int,
-    metrics_step: Any = True,
+    metrics_step: jax.Array,
     **_,
 ) -> tuple[Any, dict]:
     """``"newton_schulz"``: the projection by matrix products; σ̂ (a metric only) by power
@@ -349,13 +349,9 @@ def _newton_schulz_leaf(
     a0, b0 = _vectors(leaf, plan)
     s0 = leaf.state["sigma"].astype(w.dtype).reshape(plan.batch)
 
-    def track():
-        return power_iterate(w, a0, b0, num_iters)
-
-    if metrics_step is True:
-        a, b, sigma = track()
-    else:
-        a, b, sigma = jax.lax.cond(metrics_step, track, lambda: (a0, b0, s0))
+    a, b, sigma = jax.lax.cond(
+        metrics_step, lambda: power_iterate(w, a0, b0, num_iters), lambda: (a0, b0, s0)
+    )
     shapes = plan.batch_shape
     return y, {
         **leaf.state,
@@ -650,8 +646,10 @@ def spectral_clip(
         return y, {k: None if v is None else v.astype(leaf.state[k].dtype) for k, v in new.items()}
 
     hyperparams = {"max_norm": max_norm}
-    if method == "newton_schulz" and every > 1:
-        hyperparams["metrics_step"] = lambda count: count % every == 0
+    if method == "newton_schulz":
+        # Always a traced predicate behind a barrier, also for every == 1: one compiled program
+        # whatever `metrics_every` is, so the updates are bit-identical across its values.
+        hyperparams["metrics_step"] = lambda count: jax.lax.optimization_barrier(count % every == 0)
     inner = _poststep.transformation(
         operator,
         name=_NAME,

@@ -8,8 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import optareg
+from optareg import _numerics
 
 METRICS = (
     "grad_norm",
@@ -414,3 +417,105 @@ def test_divergence_trips_ratio_then_nonfinite_before_loss_nan():
     trips, losses = first_trips(1.0 / lipschitz)
     assert trips == {"ratio": None, "nonfinite": None, "nan": None}
     assert losses[-1] <= losses[0]
+
+
+# ---------------------------------------------------------------- the change that lands
+
+
+@pytest.mark.parametrize("per_leaf", [False, True])
+def test_lost_updates_closed_forms_bf16_and_f32(per_leaf):
+    """θ = 1.0 and u = −1e-5: in bfloat16 (unit roundoff 2⁻⁸) θ + u rounds back to 1.0, so the
+    whole step is lost; in float32 it lands (1 − 1e-5 up to one rounding)."""
+    for dtype, lost, applied in ((jnp.bfloat16, 1.0, 0.0), (jnp.float32, 0.0, 1e-5)):
+        params = {"a": jnp.ones((4, 8), dtype), "b": jnp.ones(8, dtype)}
+        updates = jax.tree.map(lambda p: jnp.full(p.shape, -1e-5, dtype), params)
+        tx = optareg.track(name="t", per_leaf=per_leaf)
+        _, state = jax.jit(tx.update)(updates, tx.init(params), params)
+        m = optareg.metrics(state)
+        keys = [""] + (["/a", "/b"] if per_leaf else [])
+        for k in keys:
+            assert float(m[f"t/lost_update_fraction{k}"]) == lost
+            # ‖u‖/‖θ‖ = |u| with every entry equal: 1e-5 as stored in the dtype
+            step = abs(float(jnp.asarray(-1e-5, dtype)))
+            np.testing.assert_allclose(float(m[f"t/update_ratio{k}"]), step, rtol=1e-6)
+            got = float(m[f"t/applied_update_ratio{k}"])
+            if lost:
+                assert got == 0.0
+            else:  # 1 − 1e-5 in float32 is 0.99999 ± 2⁻²⁵: the landed change within 1%
+                np.testing.assert_allclose(got, applied, rtol=1e-2)
+
+
+def test_lost_updates_partial_and_with_zero_updates():
+    """Half the entries get a step below half an ulp of bfloat16 1.0 (lost), a quarter a step
+    that lands, a quarter no step at all (not counted): lost = 2/3 of the moved entries."""
+    p = jnp.ones(8, jnp.bfloat16)
+    u = jnp.asarray([-1e-4] * 4 + [-0.5] * 2 + [0.0] * 2, jnp.bfloat16)
+    tx = optareg.track(name="t")
+    _, state = tx.update({"w": u}, tx.init({"w": p}), {"w": p})
+    m = optareg.metrics(state)
+    assert float(m["t/lost_update_fraction"]) == pytest.approx(4 / 6)
+    # the applied change is exactly −0.5 on two entries: ‖d‖/‖θ‖ = √(2·0.25)/√8 = 0.25
+    assert float(m["t/applied_update_ratio"]) == pytest.approx(0.25, rel=1e-6)
+    # no update at all: nothing moved, nothing lost (0, not NaN)
+    _, state = tx.update({"w": jnp.zeros(8, jnp.bfloat16)}, tx.init({"w": p}), {"w": p})
+    assert float(optareg.metrics(state)["t/lost_update_fraction"]) == 0.0
+
+
+# ---------------------------------------------------------------- exact counts in one pass
+
+SPECIAL = [0.0, -0.0, 1e-45, -1e-45, 1e-30, -1e-30, 1.0, -2.5, np.inf, -np.inf, np.nan, 3e38]
+
+
+@given(
+    st.lists(st.sampled_from(SPECIAL), min_size=1, max_size=300),
+    st.sampled_from([(), (3,), (5, 7), (2, 3, 4)]),
+)
+@settings(max_examples=40, deadline=None)
+def test_counts_are_exact_for_every_special_value(values, trailing):
+    """Zero / non-finite / non-zero counts equal the comparison counts of the same backend (a
+    subnormal is whatever the backend's arithmetic makes of it: a zero under XLA:CPU's
+    flush-to-zero) and, without subnormals, numpy's; ±0 are zeros, NaN and ±Inf are not."""
+    n = int(np.prod(trailing, dtype=np.int64)) if trailing else 1
+    x = np.resize(np.asarray(values, np.float32), (len(values) * n,))
+    x = x.reshape((len(values), *trailing)) if trailing else x
+    xj = jnp.asarray(x)
+    zeros = jax.jit(lambda x: _numerics.zero_counts([x])[0])(xj)
+    bad = jax.jit(lambda x: _numerics.nonfinite_counts([x])[0])(xj)
+    nonzero = jax.jit(_numerics.nonzero_count)(xj)
+    frac = jax.jit(lambda x: _numerics.zeros_fraction([x, x[:1]]))(xj)
+    ref_zeros = int(jax.jit(lambda x: jnp.sum(x == 0))(xj))  # the backend's own comparison
+    assert float(zeros) == ref_zeros and float(nonzero) == x.size - ref_zeros
+    assert int(bad) == int(np.sum(~np.isfinite(x)))
+    first = int(jax.jit(lambda x: jnp.sum(x[:1] == 0))(xj))
+    assert float(frac) == pytest.approx((ref_zeros + first) / (x.size + x[:1].size), rel=1e-7)
+    if not np.any((x != 0) & (np.abs(x) < np.finfo(np.float32).tiny)):  # no subnormals
+        assert ref_zeros == int(np.sum(x == 0))
+
+
+def test_fused_sums_counts_and_floats_in_one_pass():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(37, 300)).astype(np.float32)
+    x[rng.random(x.shape) < 0.3] = 0.0
+    terms = lambda x: [  # noqa: E731
+        (x == 0).astype(jnp.int32),
+        x * x,
+        jnp.abs(x),
+        (x > 0).astype(jnp.int32),
+        x,
+    ]
+    got = jax.jit(lambda x: _numerics.fused_sums(terms(x)))(jnp.asarray(x))
+    x64 = x.astype(np.float64)
+    assert [int(got[0]), int(got[3])] == [int(np.sum(x == 0)), int(np.sum(x > 0))]
+    assert got[0].dtype == jnp.int32 and got[1].dtype == jnp.float32
+    wants = (np.sum(x64**2), np.sum(np.abs(x64)), np.sum(x64))
+    for g, want in zip(got[1:3] + got[4:], wants, strict=True):
+        np.testing.assert_allclose(float(g), want, rtol=1e-5, atol=1e-3)
+
+
+def test_counts_stay_exact_beyond_float32_integers():
+    """2²⁴ + 5 zeros: a float32 accumulator would stop at 2²⁴ (its integers end there)."""
+    n = 2**24 + 5
+    x = jnp.zeros(n, jnp.float32).at[-3:].set(1.0)  # 2²⁴ + 2 zeros
+    assert float(jax.jit(lambda x: _numerics.zero_counts([x])[0])(x)) == n - 3
+    (count,) = jax.jit(lambda x: _numerics.fused_sums([(x == 0).astype(jnp.int32)]))(x)
+    assert int(count) == n - 3

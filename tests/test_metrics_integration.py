@@ -56,9 +56,11 @@ def loss(p):
 
 
 def make_tx(lr=1e-2):
+    return optax.chain(optareg.track(name="raw"), optareg.sam_perturb(0.05), after_sam(lr))
+
+
+def after_sam(lr=1e-2):
     return optax.chain(
-        optareg.track(name="raw"),
-        optareg.sam_perturb(0.05),
         optax.scale_by_adam(),
         optareg.add_decayed_weights(1e-2, mask=optareg.masks.decay_mask),
         optax.scale_by_learning_rate(lr),
@@ -122,7 +124,10 @@ def test_metrics_keys_and_cross_family_agreement():
 
 
 def test_metrics_keys_inside_multisteps_and_inject_hyperparams():
-    tx = optax.MultiSteps(optax.inject_hyperparams(make_tx)(lr=1e-2), every_k_schedule=2)
+    # sam_perturb goes outside MultiSteps (inside it raises: it would see the last micro-batch's
+    # grad_fn); everything after it is accumulated and injected
+    inner = optax.MultiSteps(optax.inject_hyperparams(after_sam)(lr=1e-2), every_k_schedule=2)
+    tx = optax.chain(optareg.track(name="raw"), optareg.sam_perturb(0.05), inner)
     params = make_params()
     state = tx.init(params)
     update = jax.jit(lambda g, s, p: tx.update(g, s, p, grad_fn=jax.grad(loss)))

@@ -374,3 +374,124 @@ def test_prox_adam_bf16_state_float32_and_map_params():
     assert u["w"].dtype == jnp.bfloat16
     mapped = optax.tree.map_params(tx, lambda x: x * 0, state)
     np.testing.assert_array_equal(mapped.nu["w"], 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# the recorded penalty λ_t·R(θ_{t+1}) and zeros fraction, against numpy float64
+# ---------------------------------------------------------------------------------------------
+
+
+def _np_group_prox(x, tau, axis):
+    """Group soft thresholding in numpy float64 (group j = the slice j along ``axis``)."""
+    others = tuple(i for i in range(x.ndim) if i != axis % x.ndim)
+    size = x.size // x.shape[axis]
+    norm = np.sqrt(np.sum(x**2, axis=others, keepdims=True))
+    return np.maximum(1 - tau * np.sqrt(size) / np.where(norm > 0, norm, 1), 0) * x
+
+
+def _group_r(x, axis):
+    """Σ_g √|g|·‖x_g‖ with group j = the slice at index j along ``axis`` (numpy float64)."""
+    x = np.asarray(x, np.float64)
+    if x.ndim == 0:
+        return abs(float(x))
+    others = tuple(i for i in range(x.ndim) if i != axis % x.ndim)
+    size = x.size // x.shape[axis]
+    return float(np.sqrt(size) * np.sum(np.sqrt(np.sum(x**2, axis=others))))
+
+
+PENALTIES = {
+    # name: (transform, strength λ, R on the selected leaves {leaf: θ_{t+1}} -> float)
+    "l1": (
+        lambda: optareg.prox_l1(3.0, 0.2),
+        3.0,
+        lambda new: sum(np.sum(np.abs(np.asarray(v, np.float64))) for v in new.values()),
+    ),
+    "enet": (
+        lambda: optareg.prox_elastic_net(3.0, 1.0, 0.2),
+        1.0,  # R already holds both strengths: λ₁‖θ‖₁ + (λ₂/2)‖θ‖² with λ₁ = 3, λ₂ = 1
+        lambda new: sum(
+            3.0 * np.sum(np.abs(np.asarray(v, np.float64)))
+            + 0.5 * np.sum(np.asarray(v, np.float64) ** 2)
+            for v in new.values()
+        ),
+    ),
+    "group": (  # default: leaves with ndim >= 2; "w" / "conv" are not named kernel: axis -1
+        lambda: optareg.prox_group_lasso(1.0, 0.2),
+        1.0,
+        lambda new: _group_r(new["w"], -1) + _group_r(new["conv"], -1),
+    ),
+    "group_torch": (
+        lambda: optareg.prox_group_lasso(1.0, 0.2, layout="torch"),
+        1.0,
+        lambda new: _group_r(new["w"], 0) + _group_r(new["conv"], 0),
+    ),
+    "group_mask": (  # masked-in 1-D leaf: every entry its own group (plain L1)
+        lambda: optareg.prox_group_lasso(1.0, 0.2, mask={"w": True, "b": True, "conv": False}),
+        1.0,
+        lambda new: _group_r(new["w"], -1) + _group_r(new["b"], 0),
+    ),
+    "nuclear": (
+        lambda: optareg.prox_nuclear(5.0, 0.2),
+        5.0,
+        lambda new: sum(
+            np.sum(np.linalg.svd(np.asarray(new[k], np.float64), compute_uv=False))
+            for k in ("w", "conv")
+        ),
+    ),
+}
+SELECTED = {
+    "l1": ("w", "b", "conv"),
+    "enet": ("w", "b", "conv"),
+    "group": ("w", "conv"),
+    "group_torch": ("w", "conv"),
+    "group_mask": ("w", "b"),
+    "nuclear": ("w", "conv"),
+}
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("name", list(PENALTIES))
+def test_penalty_and_zeros_fraction_of_the_new_parameters(name, dtype):
+    make, strength, r = PENALTIES[name]
+    tx = optax.chain(optax.sgd(1.0), make())
+    params = _params(dtype)
+    grads = jax.tree.map(lambda p: (0.1 * p).astype(dtype), params)
+    updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
+    new = optax.apply_updates(params, updates)
+    m = optareg.metrics(state)
+    key = next(k for k in m if k.endswith("/penalty"))
+    selected = {k: new[k] for k in SELECTED[name]}
+    want = strength * r(selected)
+    assert want > 0
+    if name.startswith("group") and dtype == jnp.bfloat16:
+        # group lasso records R(y) for the prox output y = P(θ + u), from the group norms the
+        # operator computes: in bf16, θ_{t+1} is y rounded twice (u' and θ + u'); compare with
+        # R(y) of the float64 prox of the same x instead
+        x = {
+            k: np.asarray(params[k], np.float64) - 0.1 * np.asarray(params[k], np.float64)
+            for k in SELECTED[name]
+        }
+        axis = 0 if name == "group_torch" else -1
+        y = {k: _np_group_prox(v, 0.2 * strength, axis if v.ndim > 1 else 0) for k, v in x.items()}
+        want = strength * r(y)
+        np.testing.assert_allclose(float(m[key]), want, rtol=1e-2)  # x itself is bf16-rounded
+        assert abs(float(m[key]) - want) <= abs(strength * r(selected) - want) + 1e-2 * want
+    else:
+        rtol = 1e-5 if dtype == jnp.float32 else 1e-2  # bf16: sums of bf16 entries
+        np.testing.assert_allclose(float(m[key]), want, rtol=rtol)
+    zeros = sum(int(np.sum(np.asarray(v, np.float32) == 0)) for v in selected.values())
+    total = sum(v.size for v in selected.values())
+    assert float(m[key.replace("penalty", "zeros_fraction")]) == pytest.approx(zeros / total)
+
+
+def test_penalty_follows_the_schedules():
+    """λ_t is the strength at the transform's counter: the recorded penalty uses it."""
+    lam = optax.linear_schedule(1.0, 3.0, 2)  # 1, 2, 3
+    tx = optareg.prox_l1(lam, 1e-3)
+    params = {"w": jnp.asarray([1.0, -2.0, 0.0])}
+    state = tx.init(params)
+    for t, want_lam in enumerate((1.0, 2.0, 3.0)):
+        u, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
+        params = optax.apply_updates(params, u)
+        got = float(optareg.metrics(state)["prox_l1/penalty"])
+        assert got == pytest.approx(want_lam * float(jnp.sum(jnp.abs(params["w"]))), rel=1e-6), t
