@@ -1,7 +1,7 @@
 """Profile of the suite-1 misses: what the per-step statistics cost on XLA:CPU.
 
 Times, interleaved, ``optax.adamw`` alone and chained with: ``prox_l1`` as shipped; the same
-operator through ``optareg._base.post_step_transformation`` *without* its ``zeros_fraction``
+operator through ``optareg._poststep.transformation`` *without* its ``zeros_fraction``
 statistic; ``track()``; ``decoupled_weight_decay``. Prints the number of XLA fusions and
 ``reduce-window`` ops of each compiled step (XLA:CPU rewrites every large reduction into a tree
 of ``reduce-window`` passes) and the pairwise time ratios to adamw.
@@ -19,13 +19,15 @@ import optax
 import optareg
 from bench import suite_overhead as so
 from bench._common import Context, fmt_stats, markdown_table, ratios, time_interleaved
-from optareg import _base
+from optareg import _poststep
 from optareg.operators import soft_threshold
 
 
 def prox_l1_without_stats() -> optax.GradientTransformation:
-    return _base.post_step_transformation(
-        lambda x, l1, learning_rate: soft_threshold(x, jnp.asarray(l1 * learning_rate, x.dtype)),
+    return _poststep.transformation(
+        lambda leaf, l1, learning_rate: soft_threshold(
+            leaf.x, jnp.asarray(l1 * learning_rate, leaf.x.dtype)
+        ),
         name="prox_l1",
         hyperparams={"l1": 1e-4, "learning_rate": so.LR},
     )
