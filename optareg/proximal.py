@@ -279,7 +279,8 @@ def prox_group_lasso(
     Returns:
       A post-step ``optax.GradientTransformationExtraArgs``; its state records
       ``"prox_group_lasso/zeros_fraction"`` and ``"prox_group_lasso/penalty"``
-      (``λ_t Σ_g √|g|·‖θ_{t+1,g}‖``, from the group norms the operator computes), over the
+      (``λ_t Σ_g √|g|·‖y_g‖`` of the prox output ``y``, from the group norms the operator
+      computes anyway: ``θ_{t+1}`` up to its rounding to the parameters' dtype), over the
       selected leaves.
 
     Example:
@@ -511,17 +512,7 @@ def prox_adam(
       (ProxGen), NeurIPS 2021.
       Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015.
     """
-    _check_lr(learning_rate)
-    _validation.check_scalar("l1", l1, low=0.0)
-    _validation.check_scalar(
-        "b1", b1, low=0.0, high=1.0, high_inclusive=False, allow_schedule=False
-    )
-    _validation.check_scalar(
-        "b2", b2, low=0.0, high=1.0, high_inclusive=False, allow_schedule=False
-    )
-    _validation.check_scalar("eps", eps, low=0.0, allow_schedule=False)
-    _validation.check_scalar("weight_decay", weight_decay, low=0.0)
-    _masking.check_mask("mask", mask)
+    _check_prox_adam_args(learning_rate, l1, b1, b2, eps, weight_decay, mask)
     name = "prox_adam"
 
     every = _validation.check_metrics_every(metrics_every)
@@ -587,6 +578,18 @@ def prox_adam(
         return treedef.unflatten(new_u), new_state
 
     return _chain.tag(optax.GradientTransformationExtraArgs(init_fn, update_fn), "optimizer", name)
+
+
+def _check_prox_adam_args(learning_rate, l1, b1, b2, eps, weight_decay, mask) -> None:
+    _check_lr(learning_rate)
+    _validation.check_scalar("l1", l1, low=0.0)
+    for name, beta in (("b1", b1), ("b2", b2)):
+        _validation.check_scalar(
+            name, beta, low=0.0, high=1.0, high_inclusive=False, allow_schedule=False
+        )
+    _validation.check_scalar("eps", eps, low=0.0, allow_schedule=False)
+    _validation.check_scalar("weight_decay", weight_decay, low=0.0)
+    _masking.check_mask("mask", mask)
 
 
 def _prox_adam_leaf(g, p, m, v, selected, hp):
