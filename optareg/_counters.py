@@ -35,6 +35,6 @@ def on_metrics_step(every: int, count: jax.Array, compute: Callable[[], Any], pr
     With ``every == 1`` no ``lax.cond`` is traced at all: the statistics are simply computed.
     On the other steps the skipped branch costs nothing but the predicate.
     """
-    if every == 1:
+    if isinstance(every, int) and every == 1:
         return compute()
     return jax.lax.cond(count % every == 0, lambda: compute(), lambda: previous)

@@ -162,11 +162,17 @@ def check_bool(name: str, value: Any) -> bool:
     return value
 
 
-def check_metrics_every(value: Any) -> int:
-    """Validate ``metrics_every``: a static int >= 1 (a static arg of ``inject_hyperparams``)."""
+def check_metrics_every(value: Any) -> Any:
+    """Validate ``metrics_every``: an int >= 1.
+
+    ``optax.inject_hyperparams`` passes every numeric argument as an array: a concrete one is
+    read as an int; a traced one cannot be checked and is used as it is (the statistics are then
+    computed behind a ``lax.cond`` on ``count % metrics_every == 0``).
+    """
     if isinstance(value, jax.core.Tracer):
-        raise TypeError(
-            "`metrics_every` must be a static Python int, not a traced value; with "
-            "`optax.inject_hyperparams` pass `static_args=('metrics_every',)`."
-        )
+        return value
+    if isinstance(value, jax.Array) and value.ndim == 0:
+        if not jnp.issubdtype(value.dtype, jnp.integer):
+            raise TypeError(f"`metrics_every` must be an integer; got dtype {value.dtype}.")
+        value = int(value)
     return check_int("metrics_every", value, low=1)

@@ -54,7 +54,9 @@ SHAPES = {
 }
 
 _N_EXAMPLES = max(2, settings().max_examples // 15)
-_SATURATING = re.compile(r"\.nu\b|grad_norm|param_norm|update_norm|perturbed_grad_norm|\.sigma\b")
+_SATURATING = re.compile(
+    r"\.nu\b|grad_norm|param_norm|update_norm|perturbed_grad_norm|\.sigma\b|/value\b|/penalty\b"
+)
 
 
 def _finfo(dtype):
@@ -256,6 +258,14 @@ NONFINITE = {
     "spectral_clip-stacked": ("matrix", False),
     "spectral_clip-stacked_int": ("matrix", False),
     "track": ("entry", False),
+    "max_norm": ("entry", False),
+    "non_neg": ("entry", False),
+    "unit_norm-mask": ("entry", False),
+    "project-mask": ("entry", False),
+    "add_penalty": ("entry", False),
+    "unit_norm": {"nan": ("group", False), "inf": ("entry", False)},
+    "project-per_leaf": {"nan": ("leaf", False), "inf": ("entry", False)},
+    "project": ("tree", False),
 }
 _SWALLOWS_NAN: dict[str, str | None] = {}  # no transform turns a NaN into a number
 _BAD_INDEX = (0, 0, 0, 0)  # the poisoned entry of the conv kernel
@@ -290,7 +300,10 @@ def _nonfinite_params():
     """One entry per row of ``NONFINITE`` (the first registry entry the row applies to)."""
     out, rows = [], set()
     for e in ENTRIES:
-        row = max((k for k in NONFINITE if e.id == k or e.id.startswith(k + "-")), key=len)
+        keys = [k for k in NONFINITE if e.id == k or e.id.startswith(k + "-")]
+        if not keys:  # no documented spread yet (low_precision_updates, sharpness_monitor)
+            continue
+        row = max(keys, key=len)
         if row in rows:
             continue
         rows.add(row)

@@ -36,6 +36,12 @@ ENTRIES: list[Entry] = [
         inject=("l1", "learning_rate"),
     ),
     Entry("prox_l1-mask_fn", optareg.prox_l1, {"l1": 1.0, "learning_rate": 0.1, "mask": _matrices}),
+    Entry(  # statistics every 3 steps behind a lax.cond; metrics_every static under injection
+        "prox_l1-every3",
+        optareg.prox_l1,
+        {"l1": 1.0, "learning_rate": 0.1, "metrics_every": 3},
+        inject=("l1", "learning_rate"),
+    ),
     Entry(
         "prox_l1-schedule",
         optareg.prox_l1,
