@@ -11,6 +11,7 @@ the exact command. Suites:
 4. ``sam`` — a training step with SGD, ``sam_perturb`` (reuse 1, 5), ``optax.contrib.sam``.
 5. ``memory`` — optimizer-state bytes as a multiple of parameter bytes.
 6. ``low_precision`` — ``low_precision_updates`` (kahan, stochastic) on bf16 params vs adamw.
+7. ``stats`` — each form of a per-step statistic (sums, exact counts) on its own, vs ``Σx²``.
 
 Examples::
 
@@ -40,6 +41,7 @@ SUITES = {
     "4": "sam",
     "5": "memory",
     "6": "low_precision",
+    "7": "stats",
 }
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -52,9 +52,18 @@ TRANSFORMS: list[tuple[str, str, Callable[[], Any], float | None]] = [
     ),
     ("add_decayed_weights(1e-4)", "first", lambda: optareg.add_decayed_weights(1e-4), None),
     ("decoupled_weight_decay(1e-4)", "last", lambda: optareg.decoupled_weight_decay(1e-4), 1.05),
-    ("prox_l1(1e-4, lr)", "last", lambda: optareg.prox_l1(1e-4, LR), 1.10),
-    ("prox_group_lasso(1e-4, lr)", "last", lambda: optareg.prox_group_lasso(1e-4, LR), None),
-    ("track()", "last", lambda: optareg.track(), 1.05),
+    ("prox_l1(1e-4, lr)", "last", lambda: optareg.prox_l1(1e-4, LR), 1.05),
+    (
+        "prox_l1(1e-4, lr, metrics_every=10)",
+        "last",
+        lambda: optareg.prox_l1(1e-4, LR, metrics_every=10),
+        1.03,
+    ),
+    ("prox_group_lasso(1e-4, lr)", "last", lambda: optareg.prox_group_lasso(1e-4, LR), 1.15),
+    ("track()", "last", lambda: optareg.track(), 1.15),
+    ("track() first", "first", lambda: optareg.track(), 1.15),
+    ("track(metrics_every=10)", "last", lambda: optareg.track(metrics_every=10), 1.05),
+    ("track(metrics_every=10) first", "first", lambda: optareg.track(metrics_every=10), 1.05),
     (
         'spectral_clip(1.0, "power")',
         "last",
@@ -144,7 +153,7 @@ def run(ctx: Context) -> list[Section]:
     misses: list[str] = []
     for name, placement, factory, target in TRANSFORMS:
         ctx.log(f"[overhead] {name}")
-        if name.startswith("prox_l1"):  # the roofline suite times this chain too
+        if name == "prox_l1(1e-4, lr)":  # the roofline suite times this chain too
             build = lambda: cached_runner(ctx, "runner/prox_l1", prox_l1_chain)  # noqa: E731
         else:
             build = lambda f=factory, p=placement: make_runner(chained(p, f()), shapes, grads)  # noqa: E731

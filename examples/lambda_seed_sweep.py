@@ -23,10 +23,11 @@ mini-batch order), with the strength *traced* through ``optax.inject_hyperparams
                                              static_args=("mask", "metrics_every"))(
                         λ, η, mask=decay_mask))
 
-  ``static_args`` matters: ``inject_hyperparams`` turns every numeric argument, defaults
-  included, into a traced hyperparameter (``prox_l1`` needs its int ``metrics_every`` static:
-  a ``TypeError`` says so) and treats every *callable* argument as a schedule — a mask function
-  would be called with the step count and mask every leaf out, silently.
+  ``static_args`` matters: ``inject_hyperparams`` treats every *callable* argument as a
+  schedule, so without ``"mask"`` the mask function is called with the step count and masks
+  every leaf out — silently, λ then does nothing. It also turns every numeric argument,
+  defaults included, into a traced hyperparameter: a static ``metrics_every`` keeps
+  ``prox_l1``'s statistics free of a per-step ``lax.cond``.
 
 Each training run is a ``lax.scan``; every ``--eval-every`` steps it computes the validation loss
 and feeds it to ``optareg.early_stopping`` (Keras semantics, best weights kept); the run's result
@@ -42,7 +43,8 @@ Python loop (one jitted run, compiled once since λ and the seed are arguments),
 program's memory. Saves ``examples/figures/lambda_seed_sweep.png``.
 
 Run: ``python examples/lambda_seed_sweep.py`` (``--seeds``, ``--num-lambdas``, ``--steps``,
-``--hidden``, ``--eval-every``, ``--patience``, ``--no-loop``, ``--out``).
+``--hidden``, ``--label-noise``, ``--eval-every``, ``--patience``, ``--families``, ``--loop``,
+``--out``).
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ def error(params, x, y):
 def optimizer(family: str, lr: float):
     """The chain of ``family``, and where its traced strength sits: ``(chain index, name)``.
 
-    ``static_args`` keeps the mask function (and ``prox_l1``'s int ``metrics_every``) out of the
+    ``static_args`` keeps the mask function (and ``prox_l1``'s ``metrics_every``) out of the
     injected hyperparameters: ``inject_hyperparams`` treats every callable argument as a
     schedule, so ``mask=decay_mask`` would be *called with the step count* and mask everything
     out, silently.
@@ -258,7 +260,7 @@ def state_bytes(init) -> int:
     return int(sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(shapes)))
 
 
-def plot(results, path):
+def plot(results, path, setting: str):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -289,7 +291,7 @@ def plot(results, path):
         ax.set(title=family, xlabel="λ", ylabel="classification error (final weights)")
         ax.set_ylim(0.9 * min(val.min(), test.mean(axis=1).min()), 2.2 * val.mean(axis=1).min())
         ax.legend(fontsize=7)
-    fig.suptitle("λ × seed sweep in one jit(vmap(vmap(train))) call (digits MLP, 300 train images)")
+    fig.suptitle(f"λ × seed sweep, one jit(vmap(vmap(train))) call per regularizer ({setting})")
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -307,6 +309,13 @@ def main(argv=None):
     parser.add_argument("--label-noise", type=float, default=0.25, help="random training labels")
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--patience", type=int, default=4, help="early stopping, in evaluations")
+    parser.add_argument(
+        "--families",
+        nargs="+",
+        choices=("wd", "l1"),
+        default=["wd", "l1"],
+        help="the sweeps to run: weight decay, L1",
+    )
     parser.add_argument(
         "--loop",
         choices=("none", "first", "all"),
@@ -327,6 +336,8 @@ def main(argv=None):
         FAMILIES[0]: np.concatenate([[0.0], np.geomspace(1e-2, 30.0, args.num_lambdas)]),
         FAMILIES[1]: np.concatenate([[0.0], np.geomspace(1e-3, 3.0, args.num_lambdas)]),
     }
+    chosen = {"wd": FAMILIES[0], "l1": FAMILIES[1]}
+    grids = {f: g for f, g in grids.items() if f in {chosen[c] for c in args.families}}
     kw = dict(
         lr=args.lr,
         hidden=args.hidden,
@@ -355,7 +366,10 @@ def main(argv=None):
             row.update(loop_first=first, loop=rest, gap=float(np.abs(val_loop - r["val"]).max()))
         timing.append(row)
     print_timing(timing)
-    plot(results, args.out)
+    setting = (
+        f"digits MLP, {data[0].shape[0]} training images, {args.label_noise:.0%} random labels"
+    )
+    plot(results, args.out, setting)
     print(f"saved {os.path.relpath(args.out)}; done in {time.perf_counter() - t0:.1f} s")
     return {"results": results, "timing": timing}
 

@@ -41,7 +41,12 @@ import optareg
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIG = os.path.join(HERE, "figures", "low_precision.png")
-RUNS = ("float32", "bf16", "bf16 + kahan", "bf16 + stochastic")
+RUNS = {
+    "float32": "float32",
+    "bf16": "bf16",
+    "kahan": "bf16 + kahan",
+    "stochastic": "bf16 + stochastic",
+}
 
 
 def load_data(seed=0):
@@ -121,14 +126,16 @@ def main(argv=None):
     ap.add_argument("--width", type=int, default=128, help="hidden width of the MLP")
     ap.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate η")
     ap.add_argument("--weight-decay", type=float, default=1.0, help="adamw's λ (decay η·λ/step)")
+    ap.add_argument("--runs", default=",".join(RUNS), help=f"comma list of {', '.join(RUNS)}")
     ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
+    runs = [RUNS[k.strip()] for k in args.runs.split(",") if k.strip()]
     t0 = time.perf_counter()
 
     train_data, val_data = load_data()
     params32 = init_mlp(args.width)
     rows, hists = {}, {}
-    for run in RUNS:
+    for run in runs:
         dtype = jnp.float32 if run == "float32" else jnp.bfloat16
         params = jax.tree.map(lambda p, d=dtype: p.astype(d), params32)
         p, m, hist = train(run, params, train_data, args.steps, args.lr, args.weight_decay)

@@ -308,8 +308,9 @@ def track(
     Args:
       per_leaf: also record every metric for each leaf.
       name: the prefix of the metric keys.
-      metrics_every: compute the statistics every ``metrics_every`` steps (an int ≥ 1; a static
-        argument under ``optax.inject_hyperparams``: ``static_args=("metrics_every",)``).
+      metrics_every: compute the statistics every ``metrics_every`` steps (an int ≥ 1; under
+        ``optax.inject_hyperparams`` pass ``static_args=("metrics_every",)`` to keep it a
+        Python int: injected, it is a traced value and every step traces the ``lax.cond``).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` (extra keyword arguments are ignored); its
@@ -339,6 +340,7 @@ def track(
     if not isinstance(name, str) or not name:
         raise ValueError(f"`name` must be a non-empty string; got {name!r}.")
     every = _validation.check_metrics_every(metrics_every)
+    always = isinstance(every, int) and every == 1  # no lax.cond at all
     keys = {m: f"{name}/{m}" for m in _METRICS}
 
     def empty_stats():
@@ -364,11 +366,11 @@ def track(
         count = _counters.increment(state.count)
         if not live:
             return updates, state._replace(count=count)
-        on = jnp.asarray(True) if every == 1 else state.count % every == 0
+        on = jnp.asarray(True) if always else state.count % every == 0
         per, out = [], list(u_leaves)
         for i in live:  # leaf by leaf: each leaf's update waits only for its own statistics
             u, p = u_leaves[i], p_leaves[i]
-            if every == 1:
+            if always:
                 leaf = _leaf_stats(u, p)
             else:
                 empty = functools.partial(_empty_leaf_stats, u, p)

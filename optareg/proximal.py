@@ -125,7 +125,8 @@ def prox_l1(
       learning_rate: the optimizer's learning rate ``η > 0`` (the same constant or schedule).
       mask: optax mask (pytree/prefix of bools or callable; ``True`` = apply the prox).
       metrics_every: compute the statistics every ``metrics_every`` steps (an int ≥ 1; the
-        state holds the last values in between; static under ``optax.inject_hyperparams``).
+        state holds the last values in between; under ``optax.inject_hyperparams`` pass
+        ``static_args=("metrics_every",)``).
 
     Returns:
       A post-step ``optax.GradientTransformationExtraArgs``; its state records
@@ -190,7 +191,8 @@ def prox_elastic_net(
       learning_rate: the optimizer's learning rate ``η > 0`` (the same constant or schedule).
       mask: optax mask (``True`` = apply the prox).
       metrics_every: compute the statistics every ``metrics_every`` steps (an int ≥ 1; the
-        state holds the last values in between; static under ``optax.inject_hyperparams``).
+        state holds the last values in between; under ``optax.inject_hyperparams`` pass
+        ``static_args=("metrics_every",)``).
 
     Returns:
       A post-step ``optax.GradientTransformationExtraArgs``; its state records
@@ -274,7 +276,8 @@ def prox_group_lasso(
         ``optax.inject_hyperparams`` pass ``static_args=("axis",)``).
       mask: optax mask (``True`` = apply the prox).
       metrics_every: compute the statistics every ``metrics_every`` steps (an int ≥ 1; the
-        state holds the last values in between; static under ``optax.inject_hyperparams``).
+        state holds the last values in between; under ``optax.inject_hyperparams`` pass
+        ``static_args=("metrics_every",)``).
 
     Returns:
       A post-step ``optax.GradientTransformationExtraArgs``; its state records
@@ -376,7 +379,8 @@ def prox_nuclear(
       learning_rate: the optimizer's learning rate ``η > 0`` (the same constant or schedule).
       mask: optax mask (``True`` = apply the prox).
       metrics_every: compute the statistics every ``metrics_every`` steps (an int ≥ 1; the
-        state holds the last values in between; static under ``optax.inject_hyperparams``).
+        state holds the last values in between; under ``optax.inject_hyperparams`` pass
+        ``static_args=("metrics_every",)``).
 
     Returns:
       A post-step ``optax.GradientTransformationExtraArgs``; its state records
@@ -489,7 +493,8 @@ def prox_adam(
       weight_decay: decoupled weight decay ``wd ≥ 0`` (constant or schedule).
       mask: optax mask (pytree/prefix of bools or callable) selecting prox + weight-decay leaves.
       metrics_every: compute the statistics every ``metrics_every`` steps (an int ≥ 1; the
-        state holds the last values in between; static under ``optax.inject_hyperparams``).
+        state holds the last values in between; under ``optax.inject_hyperparams`` pass
+        ``static_args=("metrics_every",)``).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is :class:`ProxAdamState`

@@ -223,13 +223,6 @@ class _Inputs(NamedTuple):
     g_norm: Any  # ‖g‖, computed up front only when LookSAM needs it
 
 
-def _on_metrics(every: Any, count: jax.Array, compute: Callable, previous: Any) -> Any:
-    """:func:`_counters.on_metrics_step`, also for a traced ``metrics_every``."""
-    if isinstance(every, int):
-        return _counters.on_metrics_step(every, count, compute, previous)
-    return jax.lax.cond(count % every == 0, lambda: compute(), lambda: previous)
-
-
 def _full_step(cfg: _Config, x: _Inputs, state: SamPerturbState, grad_fn, updates):
     """A full step: ``g_out`` from ``grad_fn(θ + ε)``, LookSAM's ``g_v``, the ``‖g_p‖`` metric."""
     hp = x.hp
@@ -249,7 +242,7 @@ def _full_step(cfg: _Config, x: _Inputs, state: SamPerturbState, grad_fn, update
     # rho == 0: θ + ε = θ, so g_p is g by contract; return g itself (bit-exact, however XLA
     # compiles the user's grad_fn inside this program).
     out = [jnp.where(x.on, o, y) for o, y in zip(out, x.g, strict=True)]
-    gp_metric = _on_metrics(
+    gp_metric = _counters.on_metrics_step(
         cfg.every,
         state.count,
         lambda: _metric(gp_norm if gp_norm is not None else tree_norm(gp)),
@@ -293,7 +286,9 @@ def _update(cfg: _Config, updates, state: SamPerturbState, params, grad_fn):
         g_norm = x.g_norm if x.g_norm is not None else tree_norm(g)
         return _metric(g_norm), _metric(tree_cos(g, out))
 
-    grad_norm, cos = _on_metrics(cfg.every, state.count, stats, (state.grad_norm, state.cos))
+    grad_norm, cos = _counters.on_metrics_step(
+        cfg.every, state.count, stats, (state.grad_norm, state.cos)
+    )
     new_state = SamPerturbState(
         count=_counters.increment(state.count),
         grad_norm=grad_norm,
@@ -324,20 +319,21 @@ def _is_static_zero(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and x == 0
 
 
-def _static_int(name: str, value: Any, check: Callable[[Any], int]) -> Any:
-    """A structural int as a Python int, or the tracer itself.
+def _reuse_period(value: Any) -> Any:
+    """The LookSAM period as a Python int, or the tracer itself.
 
     ``optax.inject_hyperparams`` passes every numeric argument not named in ``static_args`` as
-    an array (traced under ``jit``). ``reuse_every`` and ``metrics_every`` are read where they
-    are concrete (construction, ``init``) and used as traced integers otherwise.
+    an array (traced under ``jit``); ``reuse_every`` is structural (it decides whether the state
+    holds ``g_v``), so it is read where it is concrete (``init``) and used as a traced integer
+    in ``count % reuse_every`` otherwise.
     """
+    if isinstance(value, (jax.core.Tracer, jax.Array)) and not jnp.issubdtype(
+        value.dtype, jnp.integer
+    ):
+        raise TypeError(f"`reuse_every` must be an integer; got dtype {value.dtype}.")
     if isinstance(value, jax.core.Tracer):
-        if not jnp.issubdtype(value.dtype, jnp.integer):
-            raise TypeError(f"`{name}` must be an integer; got dtype {value.dtype}.")
         return value
-    if isinstance(value, jax.Array) and not jnp.issubdtype(value.dtype, jnp.integer):
-        raise TypeError(f"`{name}` must be an integer; got dtype {value.dtype}.")
-    return check(value)
+    return _validation.check_int("reuse_every", value, low=1)
 
 
 def _check_arguments(rho, norm, adaptive, adaptive_eta, gsam_alpha, reuse_alpha, eps, mask):
@@ -481,10 +477,8 @@ def sam_perturb(
     """
     _check_arguments(rho, norm, adaptive, adaptive_eta, gsam_alpha, reuse_alpha, eps, mask)
     _check_axis_name(axis_name)
-    period = _static_int(
-        "reuse_every", reuse_every, lambda v: _validation.check_int("reuse_every", v, low=1)
-    )
-    every = _static_int("metrics_every", metrics_every, _validation.check_metrics_every)
+    period = _reuse_period(reuse_every)
+    every = _validation.check_metrics_every(metrics_every)
     cfg = _Config(
         perturb=_PERTURBATIONS[(norm, adaptive)],
         hyper=(rho, adaptive_eta, gsam_alpha, reuse_alpha, eps),
