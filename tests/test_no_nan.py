@@ -266,6 +266,7 @@ NONFINITE = {
     "unit_norm": {"nan": ("group", False), "inf": ("entry", False)},
     "project-per_leaf": {"nan": ("leaf", False), "inf": ("entry", False)},
     "project": ("tree", False),
+    "low_precision_updates": ("entry", False),
 }
 _SWALLOWS_NAN: dict[str, str | None] = {}  # no transform turns a NaN into a number
 _BAD_INDEX = (0, 0, 0, 0)  # the poisoned entry of the conv kernel
