@@ -115,9 +115,14 @@ def pow2_scale(x: jax.Array, axis: Any = None) -> jax.Array:
 
 
 def max_abs_scale(x: jax.Array, axis: Any = (-2, -1)) -> jax.Array:
-    """``max|x|`` over ``axis`` (keepdims), replaced by 1 where it is 0 or not finite."""
+    """``max|x|`` over ``axis`` (keepdims), replaced by 1 where it is 0, subnormal or not finite.
+
+    Subnormal: XLA:CPU flushes denormals to zero inside arithmetic, so ``x/√a`` for a
+    subnormal ``a`` is ``0/0``; such a matrix is numerically zero and is left unscaled.
+    """
     a = jnp.max(jnp.abs(x), axis=axis, keepdims=True)
-    return jnp.where((a > 0) & jnp.isfinite(a), a, jnp.ones_like(a))
+    tiny = jnp.finfo(a.dtype).tiny if jnp.issubdtype(a.dtype, jnp.floating) else 1
+    return jnp.where((a >= tiny) & jnp.isfinite(a), a, jnp.ones_like(a))
 
 
 def div_by_scale(x: jax.Array, a: jax.Array) -> jax.Array:

@@ -196,7 +196,7 @@ def _combine(norms: list[jax.Array]) -> jax.Array:
     """``sqrt(Σ nᵢ²)`` of per-leaf norms without overflow (scaled by their maximum)."""
     n = jnp.stack(norms).astype(jnp.float32)
     top = jnp.max(n)
-    ok = (top > 0) & jnp.isfinite(top)
+    ok = (top >= jnp.finfo(n.dtype).tiny) & jnp.isfinite(top)  # a subnormal is flushed to 0
     safe = jnp.where(ok, top, 1)
     return jnp.where(ok, safe * jnp.sqrt(jnp.sum(jnp.square(n / safe))), top)
 

@@ -65,21 +65,31 @@ class SharpnessMonitorState(NamedTuple):
 
 
 # --------------------------------------------------------------------------------------------
-# LOBPCG on one flat vector (the selected leaves concatenated): one reduction per dot product,
-# whatever the number of leaves, which keeps the compiled loop body small
+# LOBPCG on lists of leaves (the masked-in leaves of the params): every vector operation is
+# elementwise per leaf and every dot product one global sum, so a sharded leaf stays sharded
 # --------------------------------------------------------------------------------------------
 
+_dot = _extra_args.tree_dot  # Σ x·y over all leaves, in (at least) float32
 
-def _normalize(v: jax.Array) -> tuple[jax.Array, jax.Array]:
+
+def _lin(coeffs: Sequence[jax.Array], vecs: Sequence[Sequence[jax.Array]]) -> list[jax.Array]:
+    """``Σ_k c_k·v_k`` leaf by leaf (one fused elementwise pass), in the leaves' dtypes."""
+    return [
+        sum(c * v[j] for c, v in zip(coeffs, vecs, strict=True)).astype(leaf.dtype)
+        for j, leaf in enumerate(vecs[0])
+    ]
+
+
+def _normalize(v: Sequence[jax.Array]) -> tuple[list[jax.Array], jax.Array]:
     """``v/‖v‖`` and ``‖v‖``; zero for a vector whose norm is 0 or not finite.
 
     No rescaling: the vectors here are unit vectors, their images under ``H`` (of norm at most
     ``|λ|_max``) and differences of those, so ``‖v‖²`` overflows only for curvatures beyond
     ``1e19``; there the direction is dropped (reported ``ρ`` stays finite), never a NaN.
     """
-    n = jnp.sqrt(jnp.vdot(v, v))
+    n = jnp.sqrt(_dot(v, v))
     ok = jnp.isfinite(n) & (n > 0)
-    return v * jnp.where(ok, 1.0 / jnp.where(ok, n, 1.0), 0.0), jnp.where(ok, n, 0.0)
+    return _lin([jnp.where(ok, 1.0 / jnp.where(ok, n, 1.0), 0.0)], [v]), jnp.where(ok, n, 0.0)
 
 
 def _orthonormalize(v, av, basis, a_basis):
@@ -87,22 +97,21 @@ def _orthonormalize(v, av, basis, a_basis):
 
     ``av`` (``A·v``, or ``None``) gets the same linear combination with ``a_basis``. Returns
     ``(v̂, A·v̂ or None, ok, coefficients, ‖v‖ before, ‖v‖ after)``; ``ok`` is False (and
-    ``v̂ = 0``) when the direction is numerically inside the span of ``basis``. The vectors are
-    never stacked (no copies): each projection is one dot product and one fused update.
+    ``v̂ = 0``) when the direction is numerically inside the span of ``basis``.
     """
-    n0 = _normalize(v)[1]
-    coeffs = [jnp.zeros([], v.dtype) for _ in basis]
+    n0 = jnp.sqrt(_dot(v, v))
+    coeffs = [jnp.zeros([], n0.dtype) for _ in basis]
     for _ in range(2):
         for k, b in enumerate(basis):
-            c = jnp.vdot(b, v)
-            v = v - c * b
+            c = _dot(b, v)
+            v = _lin([1.0, -c], [v, b])
             coeffs[k] = coeffs[k] + c
     v, n1 = _normalize(v)
     ok = (n1 > _DROP * n0) & (n1 > 0)
-    v = jnp.where(ok, v, jnp.zeros_like(v))
+    v = [jnp.where(ok, x, jnp.zeros_like(x)) for x in v]
     if av is not None:
-        av = av - sum(c * ab for c, ab in zip(coeffs, a_basis, strict=True))
-        av = jnp.where(ok, 1.0 / jnp.where(ok, n1, 1.0), 0.0) * av
+        inv = jnp.where(ok, 1.0 / jnp.where(ok, n1, 1.0), 0.0)
+        av = _lin([inv] + [-inv * c for c in coeffs], [av, *a_basis])
     return v, av, ok, coeffs, n0, n1
 
 
@@ -140,43 +149,31 @@ def _lobpcg_step(hvp: Callable, carry: tuple) -> tuple:
     p_ok = p_ok & has_p & (amp_hat <= _AMP_MAX)
     amp_hat = jnp.where(p_ok, amp_hat, 0.0)
     basis, a_basis = (x, w, p), (ax, aw, ap)
-    gram = jnp.stack([jnp.stack([jnp.vdot(b, ab) for ab in a_basis]) for b in basis])
-    c = _ritz_coefficients(gram, jnp.stack([has_x, w_ok, p_ok])).astype(x.dtype)
-    x_new, n = _normalize(c[0] * x + c[1] * w + c[2] * p)
+    gram = jnp.stack([jnp.stack([_dot(b, ab) for ab in a_basis]) for b in basis])
+    c = _ritz_coefficients(gram, jnp.stack([has_x, w_ok, p_ok]))
+    x_new, n = _normalize(_lin(c, basis))
     inv = _numerics.safe_inv(n)
-    ax_new = inv * (c[0] * ax + c[1] * aw + c[2] * ap)
+    ax_new = _lin(inv * c, a_basis)
     amp_x = (jnp.abs(c[0]) * amp_x + jnp.abs(c[1]) + jnp.abs(c[2]) * amp_hat) * inv
-    p_new, ap_new = c[1] * w + c[2] * p, c[1] * aw + c[2] * ap
+    p_new, ap_new = _lin(c[1:], basis[1:]), _lin(c[1:], a_basis[1:])
     amp_p = (jnp.abs(c[1]) + jnp.abs(c[2]) * amp_hat) * _numerics.safe_inv(jnp.hypot(c[1], c[2]))
-    w_new = ax_new - jnp.vdot(x_new, ax_new) * x_new  # the residual: the next direction
+    w_new = _lin([1.0, -_dot(x_new, ax_new)], [ax_new, x_new])  # the residual: next direction
     return (x_new, ax_new, w_new, p_new, ap_new, amp_x, amp_p, jnp.array(True), has_x)
 
 
-def _top_eigenpair(hvp: Callable, x0: jax.Array, num_iters: Any):
-    """``num_iters`` LOBPCG iterations from the flat ``x0``: the Ritz vector and ``ρ = xᵀHx``.
+def _top_eigenpair(hvp: Callable, x0: list[jax.Array], num_iters: Any):
+    """``num_iters`` LOBPCG iterations from ``x0``: the Ritz vector and ``ρ = xᵀHx``.
 
     Iteration 0 applies ``H`` to ``x0`` itself (``ρ`` is then its Rayleigh quotient); each
     later one to the current residual. Exactly ``num_iters`` HVPs, one compiled loop body.
     """
-    zeros = jnp.zeros_like(x0)
+    zeros = [jnp.zeros_like(v) for v in x0]
     false = jnp.array(False)
-    amp = jnp.zeros([], x0.dtype)
-    carry = (zeros, zeros, x0, zeros, zeros, amp, amp, false, false)
+    amp = jnp.zeros([], _dot(x0, x0).dtype)
+    carry = (zeros, zeros, list(x0), zeros, zeros, amp, amp, false, false)
     carry = jax.lax.fori_loop(0, num_iters, lambda _, c: _lobpcg_step(hvp, c), carry)
     x, ax = carry[0], carry[1]
-    return x, jnp.vdot(x, ax)
-
-
-def _flatten(leaves: Sequence[jax.Array], dtype: Any) -> jax.Array:
-    return jnp.concatenate([jnp.ravel(v).astype(dtype) for v in leaves])
-
-
-def _unflatten(flat: jax.Array, like: Sequence[jax.Array]) -> list[jax.Array]:
-    out, start = [], 0
-    for v in like:
-        out.append(flat[start : start + v.size].reshape(v.shape).astype(v.dtype))
-        start += v.size
-    return out
+    return x, _dot(x, ax)
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,19 +222,17 @@ def _estimate(grad_fn, params, leaves, sel, x_all, num_iters, name=_NAME):
     idx = [i for i, s in enumerate(sel) if s]
     if not idx:  # an empty block: nothing to multiply, the estimate is 0
         return list(x_all), jnp.zeros([], jnp.float32)
-    x0 = [x_all[i] for i in idx]
-    dtype = jnp.result_type(*x0)
 
     def hvp(v):
-        out = _extra_args.hessian_vector_product(grad_fn, params, _unflatten(v, x0), sel, name)
-        return _flatten(out, dtype)
+        out = _extra_args.hessian_vector_product(grad_fn, params, v, sel, name)
+        return [o.astype(x.dtype) for o, x in zip(out, x0, strict=True)]
 
-    flat0 = _flatten(x0, dtype)
-    x, rho = _top_eigenpair(hvp, flat0, num_iters)
-    x = jnp.where(jnp.isfinite(rho), x, flat0)  # a non-finite Hessian: keep the warm start
+    x0 = [x_all[i] for i in idx]
+    x, rho = _top_eigenpair(hvp, x0, num_iters)
+    ok = jnp.isfinite(rho)  # a non-finite Hessian: report it, keep the old warm start
     out = list(x_all)
-    for i, v in zip(idx, _unflatten(x, x0), strict=True):
-        out[i] = v
+    for j, i in enumerate(idx):
+        out[i] = jnp.where(ok, x[j], x0[j])
     return out, rho.astype(jnp.float32)
 
 
@@ -292,15 +287,14 @@ def sharpness_monitor(
       on masked-out leaves, and the JVP is taken with respect to the masked-in leaves only).
       Integer leaves are always out. An empty block gives 0.
     * Cost per measurement: ``num_iters`` HVPs (each about two to three gradient evaluations)
-      and about twenty passes over one vector per iteration. The iteration runs on one flat
-      vector (the masked-in leaves concatenated, in their promoted compute dtype), so a dot
-      product is one reduction whatever the number of leaves; memory during a measurement:
-      about eight such vectors (``x``, ``Hx``, the residual and its product, ``p``, ``Hp``,
-      temporaries), one params-shaped vector in the state. ``metrics_every = k`` divides the
-      cost by ``k``.
-    * Numerics: vectors and dot products in the promoted compute dtype of the masked-in leaves
-      (float32 for bf16 and float32 params, float64 for float64 ones; bf16 params get their
-      HVP tangents cast to bf16); ``top_eigenvalue`` is float32. A zero Hessian gives 0, never
+      and about twenty elementwise passes over the masked-in leaves per iteration (each leaf
+      keeps its layout, so sharded parameters stay sharded); memory during a measurement:
+      about eight copies of the masked-in leaves (``x``, ``Hx``, the residual and its
+      product, ``p``, ``Hp``, temporaries), one params-shaped vector in the state.
+      ``metrics_every = k`` divides the cost by ``k``.
+    * Numerics: each vector leaf in its compute dtype (float32 for bf16 and float32 params,
+      float64 for float64 ones; bf16 params get their HVP tangents cast to bf16), dot products
+      accumulated in float32 or wider; ``top_eigenvalue`` is float32. A zero Hessian gives 0, never
       NaN; a non-finite HVP reports a non-finite ``λ_max`` for that step but keeps the previous
       warm start.
 
@@ -313,8 +307,8 @@ def sharpness_monitor(
     Args:
       num_iters: HVPs (LOBPCG iterations) per measurement, an int ``>= 1`` (1 reports the
         Rayleigh quotient of the stored vector without refining it).
-      metrics_every: measure on the steps with ``count % metrics_every == 0``; a static int
-        ``>= 1`` (in ``static_args`` of ``optax.inject_hyperparams``).
+      metrics_every: measure on the steps with ``count % metrics_every == 0``; an int ``>= 1``
+        (``optax.inject_hyperparams`` may inject it: a traced value is used as it is).
       seed: int seed of the Gaussian start vector.
       mask: optax-style mask (pytree or prefix of bools, or a callable of the params; ``True`` =
         in the Hessian block).

@@ -278,3 +278,30 @@ def test_inject_hyperparams_callable_mask_without_static_args():
     except (TypeError, ValueError):
         return  # a clear error at the call is an acceptable fix too
     np.testing.assert_allclose(updates["dense"]["kernel"], -0.5)  # θ ← θ − λθ on the kernel
+
+
+def test_random_walk_equilibrium_against_simulation():
+    """The example's exact stationary values vs a float64 simulation of the same model, and the
+    closed forms √(η/(2λ)), √(2ηλ(1−β₁)/(1+β₁)) as their small-ηλ limits (within 4 % at the
+    example's ηλ = 8e-3, as its docstring says)."""
+    mod = _example("transformer_weight_decay")
+    eta, d, b1 = 0.1, 0.05, 0.9
+    rms, ratio = mod.random_walk_equilibrium(eta, d, b1)
+    rng = np.random.default_rng(0)
+    theta, m = np.zeros(20_000), np.zeros(20_000)
+    sq, step_sq = [], []
+    for t in range(600):
+        m = b1 * m + (1 - b1) * rng.standard_normal(theta.shape)
+        new = (1 - d) * theta - eta * m
+        if t >= 300:  # stationary (time constant 1/(2d) = 10 steps)
+            sq.append(np.mean(theta**2))
+            step_sq.append(np.mean((new - theta) ** 2))
+        theta = new
+    np.testing.assert_allclose(rms, np.sqrt(np.mean(sq)), rtol=0.02)
+    np.testing.assert_allclose(ratio, np.sqrt(np.mean(step_sq) / np.mean(sq)), rtol=0.02)
+    lam = 2.0
+    rms, ratio = mod.random_walk_equilibrium(4e-3, 4e-3 * lam, b1)
+    np.testing.assert_allclose(rms, np.sqrt(4e-3 / (2 * lam)), rtol=0.04)
+    np.testing.assert_allclose(ratio, np.sqrt(2 * 4e-3 * lam * (1 - b1) / (1 + b1)), rtol=0.04)
+    rms, _ = mod.random_walk_equilibrium(1e-3, 1e-4, b1)  # the limit: ηλ → 0
+    np.testing.assert_allclose(rms, np.sqrt(1e-3 / 2e-1), rtol=1e-3)

@@ -410,7 +410,8 @@ def test_composes_with_sam_perturb():
 
 
 def test_inject_hyperparams():
-    """metrics_every static; num_iters and learning_rate injected (num_iters may be traced)."""
+    """num_iters and learning_rate injected (traced under jit), with and without metrics_every
+    in static_args: the same metrics as the plain transform."""
     params = sin_params(seed=5)
     plain = optareg.sharpness_monitor(num_iters=4, metrics_every=2, learning_rate=0.1)
     injected = optax.inject_hyperparams(optareg.sharpness_monitor, static_args=("metrics_every",))(
@@ -426,9 +427,17 @@ def test_inject_hyperparams():
         chex.assert_trees_all_close(optareg.metrics(s_p), optareg.metrics(s_i), rtol=1e-6)
         params = jax.tree.map(lambda p, u: p - 0.2 * u, params, u_p)
     assert "learning_rate" in s_i.hyperparams and "num_iters" in s_i.hyperparams
-    with pytest.raises(TypeError, match="static_args"):
-        bad = optax.inject_hyperparams(optareg.sharpness_monitor)(metrics_every=2)
-        jax.jit(lambda s, p: bad.update(p, s, p, grad_fn=sin_grad_fn))(bad.init(params), params)
+    # without static_args every number is injected (metrics_every and num_iters traced)
+    traced = optax.inject_hyperparams(optareg.sharpness_monitor)(
+        num_iters=4, metrics_every=2, learning_rate=0.1
+    )
+    ut = jax.jit(lambda s, p: traced.update(sin_grad_fn(p), s, p, grad_fn=sin_grad_fn))
+    s_t = traced.init(params)
+    s_p = plain.init(params)
+    for _ in range(3):
+        _, s_t = ut(s_t, params)
+        _, s_p = up(s_p, params)
+        chex.assert_trees_all_close(optareg.metrics(s_p), optareg.metrics(s_t), rtol=1e-6)
 
 
 def test_checkpoint_roundtrip_flax():

@@ -13,7 +13,7 @@ _MASKED_REASON = (
 _MULTISTEPS_REASON = (
     "optax.MultiSteps(chain(sam_perturb, opt)) is an error by design: SAM would see the mean "
     "gradient with the last micro-batch's grad_fn. The right composition, "
-    "chain(sam_perturb, MultiSteps(opt, k)), is checked for every SAM entry by "
+    "chain(sam_perturb, MultiSteps(opt, k)), is checked (one SAM entry per state layout) by "
     "tests/test_sam_real_use.py::test_registry_sam_entries_before_multisteps"
 )
 _SKIP = {"masked": _MASKED_REASON, "multisteps": _MULTISTEPS_REASON}
