@@ -381,11 +381,14 @@ def track(
         stats = _hold(on, _tree_metrics(per, sizes), {m: state.stats[keys[m]] for m in _METRICS})
         trees = None
         if per_leaf:
+            values = [  # once per leaf, not once per (leaf, metric)
+                _metrics_of(leaf["counts"], leaf["norm"], leaf["rho"], n)
+                for leaf, n in zip(per, sizes, strict=True)
+            ]
             trees = {}
             for m in _METRICS:
                 flat = treedef.flatten_up_to(state.per_leaf[keys[m]])
-                for leaf, n, i in zip(per, sizes, live, strict=True):
-                    value = _metrics_of(leaf["counts"], leaf["norm"], leaf["rho"], n)
+                for value, i in zip(values, live, strict=True):
                     flat[i] = jnp.where(on, value[m], flat[i])
                 trees[keys[m]] = treedef.unflatten(flat)
         new_stats = {keys[m]: stats[m] for m in _METRICS}

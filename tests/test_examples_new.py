@@ -258,13 +258,10 @@ def test_inject_hyperparams_without_static_args_traces_metrics_every():
         np.testing.assert_allclose(m["prox_l1/zeros_fraction"][i], np.mean(want == 0), rtol=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="inject_hyperparams treats a callable mask as a schedule: decay_mask is called with "
-    "the step count and masks every leaf out, silently (optax issue #57); needs "
-    "static_args=('mask',) today",
-)
 def test_inject_hyperparams_callable_mask_without_static_args():
+    """inject_hyperparams calls a callable mask as a schedule (optax issue #57): with
+    decay_mask or by_path that is a TypeError naming static_args, never a silent no-op; with
+    static_args=('mask',) the decay acts on the kernel only."""
     tx = optareg.chain(
         optax.sgd(LR),
         optax.inject_hyperparams(optareg.decoupled_weight_decay)(
@@ -273,11 +270,22 @@ def test_inject_hyperparams_callable_mask_without_static_args():
     )
     params = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}}
     zeros = jax.tree.map(jnp.zeros_like, params)
-    try:
-        updates, _ = tx.update(zeros, tx.init(params), params)
-    except (TypeError, ValueError):
-        return  # a clear error at the call is an acceptable fix too
+    with pytest.raises(TypeError, match="static_args"):
+        tx.init(params)
+    by_path = optax.inject_hyperparams(optax.add_decayed_weights)(
+        0.5, mask=optareg.masks.by_path("kernel")
+    )
+    with pytest.raises(TypeError, match="static_args"):
+        by_path.init(params)
+    good = optareg.chain(
+        optax.sgd(LR),
+        optax.inject_hyperparams(optareg.decoupled_weight_decay, static_args=("mask",))(
+            0.5, mask=optareg.masks.decay_mask
+        ),
+    )
+    updates, _ = jax.jit(good.update)(zeros, good.init(params), params)
     np.testing.assert_allclose(updates["dense"]["kernel"], -0.5)  # θ ← θ − λθ on the kernel
+    np.testing.assert_allclose(updates["dense"]["bias"], 0.0)
 
 
 def test_random_walk_equilibrium_against_simulation():

@@ -267,6 +267,7 @@ NONFINITE = {
     "project-per_leaf": {"nan": ("leaf", False), "inf": ("entry", False)},
     "project": ("tree", False),
     "low_precision_updates": ("entry", False),
+    "sharpness_monitor": ("entry", False),  # updates pass through; the state holds no gradient
 }
 _SWALLOWS_NAN: dict[str, str | None] = {}  # no transform turns a NaN into a number
 _BAD_INDEX = (0, 0, 0, 0)  # the poisoned entry of the conv kernel
