@@ -63,7 +63,7 @@ def parse_suites(text: str) -> list[str]:
             names.add(tok)
         else:
             raise argparse.ArgumentTypeError(
-                f"unknown suite {tok!r}; choose from 1-5 or {', '.join(SUITES.values())}"
+                f"unknown suite {tok!r}; choose from {', '.join(SUITES)} or {', '.join(SUITES.values())}"
             )
     return [s for s in SUITES.values() if s in names]
 
@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--suites",
         type=parse_suites,
         default=parse_suites("all"),
-        help="comma list of 1-5 / names / all",
+        help="comma list of suite numbers (1, 2, 3, 3b, 4-7) / names / all",
     )
     p.add_argument(
         "--out", default=DEFAULT_OUT, help="markdown file to write (default bench/RESULTS.md)"
