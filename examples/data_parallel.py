@@ -163,7 +163,7 @@ def main(argv=None):
 
     params = init_mlp(jax.random.PRNGKey(0), [64, args.hidden, args.hidden, 10])
     sam = optareg.sam_perturb(args.rho, axis_name="data")
-    opt = optax.chain(
+    opt = optareg.chain(
         optax.sgd(args.lr, momentum=0.9),
         optareg.spectral_clip(args.max_norm, method="power"),
         optareg.prox_l1(args.l1, args.lr),

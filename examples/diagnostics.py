@@ -11,7 +11,7 @@ two-layer MLP (plain JAX pytree). The same Adam optimizer is trained in five set
 * ``lr x10``: no regularization but a learning rate ten times larger — update/parameter ratio
   and gradient-norm spikes.
 
-Each setting runs ``optax.chain(track("raw"), <optimizer>, track("step"))``; per step the script
+Each setting runs ``optareg.chain(track("raw"), <optimizer>, track("step"))``; per step the script
 reads ``optareg.metrics`` (train loss, ``raw/grad_norm``, ``step/param_norm``,
 ``step/update_ratio``, ``step/sparsity``) inside the jitted epoch (``lax.scan``) and saves
 ``examples/figures/diagnostics.png``: one row per metric, the raw per-step curve on the left and
@@ -82,7 +82,7 @@ def settings(lr: float) -> dict[str, optax.GradientTransformation]:
     """The optimizers compared, each wrapped between a raw and a final-step `track`."""
 
     def adam(lr, *post):
-        return optax.chain(
+        return optareg.chain(
             optareg.track(name="raw"),
             optax.adam(lr),
             *post,
@@ -91,7 +91,7 @@ def settings(lr: float) -> dict[str, optax.GradientTransformation]:
 
     return {
         "adam": adam(lr),
-        "+ weight decay": optax.chain(
+        "+ weight decay": optareg.chain(
             optareg.track(name="raw"),
             optax.scale_by_adam(),
             optareg.add_decayed_weights(0.5, mask=optareg.masks.decay_mask),

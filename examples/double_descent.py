@@ -17,7 +17,7 @@ What it shows:
   falls again as ``p`` grows (double descent);
 * with weight decay (``λ = 1e-2`` in the mean-loss convention) the peak disappears;
 * the curves come from the closed form; the script checks at three widths that gradient descent
-  with ``optax.chain(optareg.add_decayed_weights(λ), optax.sgd(η))`` lands on the same read-out,
+  with ``optareg.chain(optareg.add_decayed_weights(λ), optax.sgd(η))`` lands on the same read-out,
   and that plain gradient descent from zero (no decay) reaches the minimum-norm interpolator
   (the implicit regularization of gradient descent).
 
@@ -110,7 +110,7 @@ def fit_with_optareg(A, y, lam, steps):
     n = A.shape[0]
     smax = float(jnp.linalg.norm(A, ord=2))
     lr = 1.0 / (smax**2 / n + lam)  # 1/L of the penalized objective
-    tx = optax.chain(optareg.add_decayed_weights(lam), optax.sgd(lr))
+    tx = optareg.chain(optareg.add_decayed_weights(lam), optax.sgd(lr))
 
     def loss(w):
         return 0.5 * jnp.mean((A @ w - y) ** 2)
@@ -221,7 +221,7 @@ def main(argv=None):
     )
 
     print(
-        f"\ngradient descent, optax.chain(optareg.add_decayed_weights({args.lam:g}), optax.sgd(1/L)):"
+        f"\ngradient descent, optareg.chain(optareg.add_decayed_weights({args.lam:g}), optax.sgd(1/L)):"
     )
     print(f"{'p':>6} {'‖w_gd−w*‖/‖w*‖':>16} {'MSE closed':>11} {'MSE GD':>9}")
     for p, r, m_ref, m_gd in check_gradient_descent(X, y, n, args.lam, args.gd_steps):

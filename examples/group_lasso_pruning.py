@@ -9,7 +9,7 @@ can be deleted together with its row of the output kernel — a structurally sma
 (Grouping ``w2`` by rows, ``axis=0``, would prune outgoing weights instead; either removes the
 unit, incoming groups are the usual choice because they also zero its activations.)
 
-Training: ``optax.chain(optax.sgd(η, momentum=β), prox_group_lasso(λ, η/(1 − β), mask=...))``,
+Training: ``optareg.chain(optax.sgd(η, momentum=β), prox_group_lasso(λ, η/(1 − β), mask=...))``,
 full batch (with momentum the prox takes the effective step ``η/(1 − β)``); all λ values are trained at once with ``jax.vmap`` in one jitted call.
 
 Run: ``python examples/group_lasso_pruning.py [--hidden 64] [--steps 1500]``
@@ -66,7 +66,7 @@ def train_all(x, y, lambdas, hidden: int, steps: int, lr: float, seed: int = 0):
         return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
 
     def train_one(lam):
-        tx = optax.chain(
+        tx = optareg.chain(
             optax.sgd(lr, momentum=MOMENTUM),
             # Heavy-ball momentum β multiplies the stationary step by 1/(1 − β): the prox gets
             # the same effective learning rate, so stationary points solve the λ problem.

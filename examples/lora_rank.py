@@ -5,11 +5,11 @@ A frozen linear layer ``W0`` gets a learned correction ``Δ`` fitted to a target
 ``L(Δ) = 1/(2n)‖X(W0 + Δ) − Y‖²``. The correction is learned two ways:
 
 1. **full Δ + nuclear norm**: ``min L(Δ) + λ‖Δ‖_*`` by proximal gradient descent,
-   ``optax.chain(optax.sgd(η), optareg.prox_nuclear(λ, η))`` (singular value thresholding at
+   ``optareg.chain(optax.sgd(η), optareg.prox_nuclear(λ, η))`` (singular value thresholding at
    ``η·λ`` after every step, so small singular values are *exactly* zero);
 2. **LoRA factors** ``Δ = B·A`` with a generous rank ``r`` and plain weight decay,
    ``min L(B·A) + (λ/2)(‖B‖² + ‖A‖²)``, via
-   ``optax.chain(optareg.add_decayed_weights(λ), optax.sgd(η, momentum=0.9))``.
+   ``optareg.chain(optareg.add_decayed_weights(λ), optax.sgd(η, momentum=0.9))``.
 
 They solve the same problem: ``‖Δ‖_* = min_{B·A = Δ} ½(‖B‖² + ‖A‖²)`` (the variational form of the
 nuclear norm; the minimum is reached by balanced factors ``B = U√Σ``, ``A = √ΣVᵀ``), so as long as
@@ -68,7 +68,7 @@ def closed_form(X, W0, Y, lam):
 
 def fit_nuclear(X, W0, Y, lam, lr, steps):
     """Proximal gradient: a gradient step on L, then prox_nuclear at threshold η·λ."""
-    tx = optax.chain(optax.sgd(lr), optareg.prox_nuclear(lam, lr))
+    tx = optareg.chain(optax.sgd(lr), optareg.prox_nuclear(lam, lr))
 
     def loss(delta):
         return 0.5 * jnp.mean(jnp.sum((X @ (W0 + delta) - Y) ** 2, axis=1))
@@ -85,7 +85,7 @@ def fit_nuclear(X, W0, Y, lam, lr, steps):
 
 def fit_lora(X, W0, Y, lam, rank, lr, steps, key):
     """LoRA: Δ = B·A, weight decay λ on both factors (gradient of (λ/2)(‖B‖² + ‖A‖²))."""
-    tx = optax.chain(optareg.add_decayed_weights(lam), optax.sgd(lr, momentum=0.9))
+    tx = optareg.chain(optareg.add_decayed_weights(lam), optax.sgd(lr, momentum=0.9))
     d_in, d_out = W0.shape
     kb, ka = jax.random.split(key)
     # small random init on both factors (LoRA zero-inits B; a tiny B trains the same here)

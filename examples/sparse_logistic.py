@@ -2,7 +2,7 @@
 
 Data: scikit-learn's breast-cancer set (569 × 30), standardized; 75/25 train/test split.
 Model: minimize mean logistic loss(Xw + b) + λ‖w‖₁ (the intercept is not penalized: the prox
-is masked to ``w``) with ``optax.chain(optax.sgd(η), optareg.prox_l1(λ, η, mask))`` — proximal
+is masked to ``w``) with ``optareg.chain(optax.sgd(η), optareg.prox_l1(λ, η, mask))`` — proximal
 gradient descent. The 16 values of λ are trained at once with ``jax.vmap`` inside a single
 ``jax.jit``-compiled ``lax.scan``.
 
@@ -66,7 +66,7 @@ def fit_path(x, y, lambdas, steps: int):
         return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, y))
 
     def fit_one(lam):
-        tx = optax.chain(optax.sgd(eta), optareg.prox_l1(lam, eta, mask={"w": True, "b": False}))
+        tx = optareg.chain(optax.sgd(eta), optareg.prox_l1(lam, eta, mask={"w": True, "b": False}))
         params = {"w": jnp.zeros(x.shape[1]), "b": jnp.zeros([])}
 
         def step(carry, _):

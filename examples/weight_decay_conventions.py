@@ -101,14 +101,14 @@ def conventions(lr, peak, lam):
     lam_peak = lam * peak  # the per-step decay at the peak lr, in every convention
 
     def decoupled(wd):
-        return optax.chain(
+        return optareg.chain(
             optax.scale_by_adam(),
             optax.scale_by_learning_rate(lr),
             optareg.decoupled_weight_decay(wd, mask=mask),
         )
 
     return {
-        "pytorch": optax.chain(
+        "pytorch": optareg.chain(
             optax.scale_by_adam(),
             optareg.add_decayed_weights(lam, mask=mask),
             optax.scale_by_learning_rate(lr),
@@ -151,7 +151,7 @@ def main(argv=None):
     ft_lr = optax.warmup_cosine_decay_schedule(0.0, 1e-3, 10, args.finetune_steps, 0.0)
     ft_rows, ft_hist = [], {}
     for name, ref in (("L2-SP (toward init)", "init"), ("decay toward 0", None)):
-        tx = optax.chain(
+        tx = optareg.chain(
             optax.adam(ft_lr),
             optareg.decoupled_weight_decay(
                 optareg.decay_schedule(1e-2, ft_lr, "paper"), reference=ref

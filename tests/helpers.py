@@ -3,6 +3,9 @@ the per-code-path selection of registry entries. One home; every suite imports f
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+import sys
 from collections.abc import Callable, Iterable
 
 import chex
@@ -111,3 +114,27 @@ def chained(entry: Entry, tx, base=None):
     if entry.position == "first":
         return optax.chain(tx, base)
     return optax.chain(base, tx)
+
+
+# ---------------------------------------------------------------------------------------------
+# the example scripts (examples/ is not a package)
+# ---------------------------------------------------------------------------------------------
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def load_example(name: str):
+    """Import ``examples/<name>.py`` as a module."""
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def assert_png(path: pathlib.Path) -> None:
+    """``path`` holds a PNG of more than 10 kB (a real figure, not an empty canvas)."""
+    assert path.exists(), f"{path} was not written"
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 10_000, "not a (non-trivial) PNG"

@@ -13,38 +13,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import assert_png, load_example
 
 import optareg
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _example(name: str):
-    """Import ``examples/<name>.py`` as a module (examples/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        f"example_{name}", ROOT / "examples" / f"{name}.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _assert_png(path: pathlib.Path) -> None:
-    assert path.exists(), f"{path} was not written"
-    data = path.read_bytes()
-    assert data[:8] == PNG_MAGIC and len(data) > 10_000, "not a (non-trivial) PNG"
-
 
 # ---------------------------------------------------------------------------------------------
 # smoke runs
@@ -52,13 +28,13 @@ def _assert_png(path: pathlib.Path) -> None:
 
 
 def test_transformer_weight_decay_smoke(tmp_path, capsys):
-    mod = _example("transformer_weight_decay")
+    mod = load_example("transformer_weight_decay")
     out = tmp_path / "twd.png"
     argv = ["--steps", "10", "--log-every", "5", "--d-model", "16", "--layers", "1"]
     argv += ["--heads", "2", "--context", "8", "--batch-size", "4", "--max-chars", "4000"]
     res = mod.main([*argv, "--out", str(out)])
     text = capsys.readouterr().out
-    _assert_png(out)
+    assert_png(out)
     assert [r["run"] for r in res["runs"]] == list(mod.RUNS)
     for r in res["runs"]:
         for key in ("train", "val", "val_best", "kernel_rms", "ln_norm", "embed_norm", "grad_norm"):
@@ -80,13 +56,13 @@ def test_lambda_seed_sweep_smoke(tmp_path, capsys):
 
     The weight-decay sweep differs only in its chain (covered below against closed forms).
     """
-    mod = _example("lambda_seed_sweep")
+    mod = load_example("lambda_seed_sweep")
     out = tmp_path / "sweep.png"
     argv = ["--seeds", "2", "--num-lambdas", "2", "--steps", "8", "--eval-every", "4"]
     argv += ["--hidden", "8", "--patience", "1", "--families", "l1", "--loop", "first"]
     res = mod.main([*argv, "--out", str(out)])
     text = capsys.readouterr().out
-    _assert_png(out)
+    assert_png(out)
     assert list(res["results"]) == [mod.FAMILIES[1]]
     r = res["results"][mod.FAMILIES[1]]
     assert r["val"].shape == (3, 2)  # λ = 0 plus 2 values, 2 seeds
@@ -292,7 +268,7 @@ def test_random_walk_equilibrium_against_simulation():
     """The example's exact stationary values vs a float64 simulation of the same model, and the
     closed forms √(η/(2λ)), √(2ηλ(1−β₁)/(1+β₁)) as their small-ηλ limits (within 4 % at the
     example's ηλ = 8e-3, as its docstring says)."""
-    mod = _example("transformer_weight_decay")
+    mod = load_example("transformer_weight_decay")
     eta, d, b1 = 0.1, 0.05, 0.9
     rms, ratio = mod.random_walk_equilibrium(eta, d, b1)
     rng = np.random.default_rng(0)

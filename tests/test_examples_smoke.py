@@ -14,7 +14,6 @@ left untouched (an autouse fixture checks). ``data_parallel.py`` needs 8 devices
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pathlib
 import re
@@ -24,30 +23,15 @@ import sys
 import jax
 import numpy as np
 import pytest
+from helpers import assert_png, load_example
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 FIGURES = EXAMPLES / "figures"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:e[-+]?\d+)?", re.IGNORECASE)
 NON_FINITE = re.compile(r"\b(?:nan|inf)\b", re.IGNORECASE)
 
 pytestmark = pytest.mark.slow
-
-
-def _example(name: str):
-    """Import ``examples/<name>.py`` as a module (examples/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _assert_png(path: pathlib.Path) -> None:
-    assert path.exists(), f"{path} was not written"
-    data = path.read_bytes()
-    assert data[:8] == PNG_MAGIC and len(data) > 10_000, "not a (non-trivial) PNG"
 
 
 def _assert_finite(text: str) -> None:
@@ -107,7 +91,7 @@ def _committed_figures_untouched():
 
 def _run(name, argv, capsys, monkeypatch, tmp_path, fig_attr=None):
     """Run ``main(argv)`` of an example; with ``fig_attr``, its figure path goes to tmp_path."""
-    mod = _example(name)
+    mod = load_example(name)
     fig = None
     if fig_attr is not None:
         fig = tmp_path / f"{name}.png"
@@ -130,7 +114,7 @@ def test_constraint_equivalence_smoke(tmp_path, capsys, monkeypatch):
     mod, res, text, _ = _run(
         "constraint_equivalence", [*argv, "--out", str(out)], capsys, monkeypatch, tmp_path
     )
-    _assert_png(out)
+    assert_png(out)
     assert res["w_lasso"].shape == res["w_ball"].shape == (8, 10)
     assert np.isfinite(res["w_ball"]).all() and np.isfinite(res["radii"]).all()
     # PGD on the L1 ball stays in the ball, whatever the number of steps
@@ -178,7 +162,7 @@ def test_data_parallel_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = proc.stdout
     _assert_finite(text)
-    _assert_png(fig)
+    assert_png(fig)
     assert "devices: 8 x cpu | global batch 16 | per-device batch 2" in text
     # m-sharpness: the per-device SAM gradient differs from the all-device one
     m = re.search(r"m-sharpness check.*= ([\d.]+) \(0 would mean plain SAM\)", text)
@@ -200,7 +184,7 @@ def test_diagnostics_smoke(tmp_path, capsys, monkeypatch):
     # two epochs: the spike columns skip the first one
     argv = ["--epochs", "2", "--hidden", "8", "--batch-size", "256", "--out", str(out)]
     mod, rows, text, _ = _run("diagnostics", argv, capsys, monkeypatch, tmp_path)
-    _assert_png(out)
+    assert_png(out)
     names = list(mod.settings(1e-3))
     assert [r[0] for r in rows] == names
     for name, acc, pn, med, spike, spike_ema, sparsity, nonfinite in rows:
@@ -216,7 +200,7 @@ def test_diagnostics_smoke(tmp_path, capsys, monkeypatch):
 def test_double_descent_smoke(tmp_path, capsys, monkeypatch):
     argv = ["--n-train", "10", "--seeds", "1", "--gd-steps", "10"]
     _, _, text, fig = _run("double_descent", argv, capsys, monkeypatch, tmp_path, "FIG")
-    _assert_png(fig)
+    assert_png(fig)
     rows = _rows_after(text, "p/n", r"\s*\d")
     assert len(rows) >= 10 and all(len(_numbers(r)) == 5 for r in rows)
     widths = [int(r.split()[0]) for r in rows]
@@ -260,7 +244,7 @@ def test_haiku_sam_smoke(capsys, monkeypatch, tmp_path):
 def test_lipschitz_mlp_smoke(tmp_path, capsys, monkeypatch):
     argv = ["--steps", "3", "--hidden", "8", "--batch", "16"]
     _, _, text, fig = _run("lipschitz_mlp", argv, capsys, monkeypatch, tmp_path, "FIG")
-    _assert_png(fig)
+    assert_png(fig)
     rows = _rows_after(text, "certified L")
     assert [r[:40].strip() for r in rows] == ["adam", "adam + spectral_clip(1.0)"]
     acc, bound, emp, *per_layer = _numbers(rows[1][40:])
@@ -273,7 +257,7 @@ def test_lipschitz_mlp_smoke(tmp_path, capsys, monkeypatch):
 def test_lora_rank_smoke(tmp_path, capsys, monkeypatch):
     argv = ["--n", "16", "--d-in", "8", "--d-out", "6", "--lora-rank", "6", "--steps", "10"]
     mod, _, text, fig = _run("lora_rank", argv, capsys, monkeypatch, tmp_path, "FIG")
-    _assert_png(fig)
+    assert_png(fig)
     rows = _rows_after(text, "rank: closed")
     assert len(rows) == len(mod.LAMBDAS)
     ranks = []
@@ -290,7 +274,7 @@ def test_low_precision_smoke(tmp_path, capsys, monkeypatch):
     # the three bf16 runs (the float32 reference is the plain bf16 chain, in float32)
     argv = ["--steps", "3", "--width", "8", "--runs", "bf16,kahan,stochastic"]
     mod, rows, text, fig = _run("low_precision", argv, capsys, monkeypatch, tmp_path, "FIG")
-    _assert_png(fig)
+    assert_png(fig)
     assert list(rows) == ["bf16", "bf16 + kahan", "bf16 + stochastic"]
     for run, r in rows.items():
         assert all(np.isfinite(v) for v in r.values()), run
@@ -329,7 +313,7 @@ def test_quickstart_smoke(capsys, monkeypatch, tmp_path):
 def test_sam_flatness_smoke(tmp_path, capsys, monkeypatch):
     argv = ["--steps", "4", "--batch", "8", "--width", "8", "--every", "2", "--iters", "2"]
     _, res, text, fig = _run("sam_flatness", argv, capsys, monkeypatch, tmp_path, "FIG")
-    _assert_png(fig)
+    assert_png(fig)
     assert list(res) == ["SGD", "SAM"]
     for name, r in res.items():
         assert r["losses"].shape == (4,) and np.isfinite(r["losses"]).all(), name
@@ -347,7 +331,7 @@ def test_sam_flatness_smoke(tmp_path, capsys, monkeypatch):
 def test_sparse_logistic_smoke(tmp_path, capsys, monkeypatch):
     argv = ["--steps", "5", "--num-lambdas", "2"]
     _, _, text, fig = _run("sparse_logistic", argv, capsys, monkeypatch, tmp_path, "FIGURE")
-    _assert_png(fig)
+    assert_png(fig)
     rows = _rows_after(text, "nnz optareg")
     assert len(rows) == 2
     for r in rows:
@@ -363,7 +347,7 @@ def test_weight_decay_conventions_smoke(tmp_path, capsys, monkeypatch):
     # the fine-tuning schedule warms up for 10 steps: it needs more than 10
     argv = ["--steps", "10", "--width", "8", "--finetune-steps", "12"]
     _, _, text, fig = _run("weight_decay_conventions", argv, capsys, monkeypatch, tmp_path, "FIG")
-    _assert_png(fig)
+    assert_png(fig)
     rows = _rows_after(text, "^convention", r"\S+\s+\d")
     assert [r.split()[0] for r in rows] == ["pytorch", "paper", "independent", "adamc"]
     for r in rows:
