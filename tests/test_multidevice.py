@@ -271,10 +271,21 @@ def _is_params_tree(x) -> bool:
         return False
 
 
+# Entries whose params-shaped data sits inside a function argument: rebuilt here too.
+_REBUILT = {"add_penalty-l2_to": lambda tree: {"penalty": optareg.penalties.l2_to(tree)}}
+
+# A projection of the whole tree at once (the L1 ball sorts all entries together): the layout
+# of its result is whatever XLA propagates through the user's projection, so only the numbers
+# are checked; per-leaf and elementwise transforms keep the params' sharding.
+_LAYOUT_FROM_USER_FN = {"project", "project-mask", "project-every2"}
+
+
 def build(entry: Entry) -> optax.GradientTransformation:
     """``chained(entry)``, with params-shaped array arguments (e.g. a decay ``reference``)
     rebuilt for this file's larger shapes."""
     overrides = {k: make_tree(99) for k, v in entry.kwargs.items() if _is_params_tree(v)}
+    if entry.id in _REBUILT:
+        overrides.update(_REBUILT[entry.id](make_tree(99)))
     base = optax.adam(1e-2)
     tx = entry.make(**overrides)
     return optax.chain(tx, base) if entry.position == "first" else optax.chain(base, tx)
@@ -330,9 +341,10 @@ def test_sharded_step_matches_single_device(entry, layout):
         zip(sharded[1:], reference[1:], strict=True)
     ):
         chex.assert_tree_all_finite(u)
-        assert_same_sharding(u, p_shard, f"updates at step {i}")
-        assert_same_sharding(p, p_shard, f"params at step {i}")
-        assert_same_sharding(s, s_shard, f"params-shaped state at step {i}", only=binding)
+        if entry.id not in _LAYOUT_FROM_USER_FN:  # (there, the optimizer state follows θ)
+            assert_same_sharding(u, p_shard, f"updates at step {i}")
+            assert_same_sharding(p, p_shard, f"params at step {i}")
+            assert_same_sharding(s, s_shard, f"params-shaped state at step {i}", only=binding)
         assert_close_rel(p, p_ref, f"params after step {i}", rtol=tol)
         assert_close_rel(u, u_ref, f"updates at step {i}", rtol=tol, like=reference[i][2])
         assert_close_rel(s, s_ref, f"state at step {i}", rtol=tol)
