@@ -181,6 +181,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=FIG)
     args = parser.parse_args(argv)
+    if args.epochs < 1:
+        parser.error(f"--epochs must be at least 1; got {args.epochs}")
     t0 = time.perf_counter()
 
     data = load_data(args.seed)
@@ -195,7 +197,8 @@ def main(argv=None):
             seed=args.seed,
         )
         histories[name] = h
-        warm = len(h["loss"]) // args.epochs  # skip the first epoch (Adam's warm-up transient)
+        # skip the first epoch (Adam's warm-up transient), when there is more than one
+        warm = len(h["loss"]) // args.epochs if args.epochs > 1 else 0
         g, g_ema = h["raw/grad_norm"], ema(h["raw/grad_norm"], args.smoothing)
         rows.append(
             (

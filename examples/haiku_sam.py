@@ -60,6 +60,10 @@ def main(argv=None):
     ap.add_argument("--rho", type=float, default=0.3)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.steps < 2:
+        ap.error(
+            f"--steps must be at least 2 (the first step compiles, the rest are timed); got {args.steps}"
+        )
 
     Xtr, ytr, Xte, yte = load_data(args.seed)
     net = hk.without_apply_rng(hk.transform(lambda x: hk.nets.MLP([128, 128, 10])(x)))

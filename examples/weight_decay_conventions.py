@@ -128,6 +128,9 @@ def main(argv=None):
     ap.add_argument("--finetune-steps", type=int, default=200)
     ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
+    for flag, value in (("--steps", args.steps), ("--finetune-steps", args.finetune_steps)):
+        if value < 1:
+            ap.error(f"{flag} must be at least 1; got {value}")
     t0 = time.perf_counter()
 
     train_data, val_data = load_data()
@@ -148,7 +151,8 @@ def main(argv=None):
     pre_tx = optax.adam(pre_lr)
     pretrained, _, _ = train(model, pre_tx, params0, (x[:1000], y[:1000]), args.steps)
     small = (x[1000:1060], y[1000:1060])
-    ft_lr = optax.warmup_cosine_decay_schedule(0.0, 1e-3, 10, args.finetune_steps, 0.0)
+    ft_warmup = min(10, args.finetune_steps // 2)  # 10 unless the fine-tuning is very short
+    ft_lr = optax.warmup_cosine_decay_schedule(0.0, 1e-3, ft_warmup, args.finetune_steps, 0.0)
     ft_rows, ft_hist = [], {}
     for name, ref in (("L2-SP (toward init)", "init"), ("decay toward 0", None)):
         tx = optareg.chain(

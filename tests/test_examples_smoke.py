@@ -344,8 +344,8 @@ def test_sparse_logistic_smoke(tmp_path, capsys, monkeypatch):
 
 
 def test_weight_decay_conventions_smoke(tmp_path, capsys, monkeypatch):
-    # the fine-tuning schedule warms up for 10 steps: it needs more than 10
-    argv = ["--steps", "10", "--width", "8", "--finetune-steps", "12"]
+    # a fine-tuning shorter than the 10-step warm-up (it warms up for half of it instead)
+    argv = ["--steps", "10", "--width", "8", "--finetune-steps", "3"]
     _, _, text, fig = _run("weight_decay_conventions", argv, capsys, monkeypatch, tmp_path, "FIG")
     assert_png(fig)
     rows = _rows_after(text, "^convention", r"\S+\s+\d")
@@ -361,3 +361,44 @@ def test_weight_decay_conventions_smoke(tmp_path, capsys, monkeypatch):
         acc, norm, dist = _numbers(r[22:])
         assert 0 <= acc <= 1 and norm > 0 and dist > 0
     assert "fine-tuning from a pretrained start" in text and "saved" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# the smallest values of the flags: they run, or stop with argparse's message naming the flag
+# ---------------------------------------------------------------------------------------------
+
+
+def test_diagnostics_one_epoch(tmp_path, capsys, monkeypatch):
+    # one epoch: no first epoch to skip, the spike columns use every step
+    argv = [
+        "--epochs",
+        "1",
+        "--hidden",
+        "8",
+        "--batch-size",
+        "512",
+        "--out",
+        str(tmp_path / "d.png"),
+    ]
+    _, rows, _, _ = _run("diagnostics", argv, capsys, monkeypatch, tmp_path)
+    assert all(r[4] >= 1 and np.isfinite(r[5]) for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("name", "argv", "message"),
+    [
+        ("diagnostics", ["--epochs", "0"], "--epochs must be at least 1; got 0"),
+        ("haiku_sam", ["--steps", "1"], "--steps must be at least 2"),
+        (
+            "weight_decay_conventions",
+            ["--finetune-steps", "0"],
+            "--finetune-steps must be at least 1",
+        ),
+        ("weight_decay_conventions", ["--steps", "0"], "--steps must be at least 1; got 0"),
+    ],
+)
+def test_flag_out_of_range_is_a_clear_error(name, argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        load_example(name).main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
