@@ -42,6 +42,7 @@ SUITES = {
     "5": "memory",
     "6": "low_precision",
     "7": "stats",
+    "8": "cond",
 }
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -90,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--suites",
         type=parse_suites,
         default=parse_suites("all"),
-        help="comma list of suite numbers (1, 2, 3, 3b, 4-7) / names / all",
+        help="comma list of suite numbers (1, 2, 3, 3b, 4-8) / names / all",
     )
     p.add_argument(
         "--out", default=DEFAULT_OUT, help="markdown file to write (default bench/RESULTS.md)"
@@ -141,6 +142,7 @@ def machine_info() -> list[tuple[str, str]]:
         load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
         load = "?"
+    env = [f"{k}={os.environ[k]}" for k in _ENV_THAT_MATTERS if os.environ.get(k)]
     return [
         ("CPU", _cpu_model()),
         ("cores", f"{os.cpu_count()} logical, {usable} usable by this process"),
@@ -155,7 +157,13 @@ def machine_info() -> list[tuple[str, str]]:
             f"jax {jax.__version__}, jaxlib {jaxlib.__version__}, optax {optax.__version__}, "
             f"numpy {numpy.__version__}, optareg {optareg.__version__}",
         ),
+        ("environment (allocator, XLA)", ", ".join(f"`{e}`" for e in env) or "defaults"),
     ]
+
+
+# Variables that change the timings: the allocator (on CPU, fresh temporaries cost page faults;
+# glibc's transparent huge pages make them ~500x fewer) and XLA's flags.
+_ENV_THAT_MATTERS = ("GLIBC_TUNABLES", "MALLOC_ARENA_MAX", "XLA_FLAGS", "LD_PRELOAD")
 
 
 def command_line() -> str:

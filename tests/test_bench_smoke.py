@@ -17,7 +17,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench import suite_memory, suite_overhead, suite_sam, suite_spectral  # noqa: E402
+from bench import suite_cond, suite_memory, suite_overhead, suite_sam, suite_spectral  # noqa: E402
 
 
 def _rows(text: str, title_prefix: str) -> list[list[str]]:
@@ -60,6 +60,8 @@ def report(tmp_path_factory) -> str:
 def test_header(report):
     for key in ("CPU", "cores", "JAX backend / device", "versions", "date (UTC)", "command"):
         assert f"| {key} |" in report
+    # the fixture's XLA_FLAGS are recorded (they change the timings)
+    assert re.search(r"\| environment \(allocator, XLA\) \| `XLA_FLAGS=[^|]*--xla_backend", report)
     assert "python -m bench --size tiny --reps 2" in report
     assert re.search(r"jax \d+\.\d+", report) and "optax " in report
 
@@ -125,3 +127,14 @@ def test_memory_rows(report):
     assert float(by_name['add_decayed_weights(1e-4, reference="init")'][2]) == pytest.approx(
         1.0, abs=1e-3
     )
+
+
+def test_cond_rows(report):
+    rows = _rows(report, "8.")
+    assert [r[0] for r in rows] == [t[0] for t in suite_cond.ROWS]
+    for r in rows:
+        assert re.match(r"[\d.]+ \[[\d.]+–[\d.]+\]", r[3]), r
+        assert re.fullmatch(r"\d+ copies, \d+ fusions", r[5]), r
+    by_name = {r[0]: r for r in rows}
+    # an input as the operand needs no copy; the donated parameters do (XLA:CPU)
+    assert by_name["+ cond(Σg²), skipped"][5].startswith("0 copies")
