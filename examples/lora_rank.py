@@ -149,6 +149,12 @@ def plot(lams, spectra, ranks, tol, path):
     plt.close(fig)
 
 
+def _relative(err: float, ref: float) -> str:
+    """``err / ref``, or the absolute error marked ``abs`` where the reference is exactly 0 (a
+    fit thresholded to zero: a relative error would divide by nothing)."""
+    return f"{err / ref:.1e}" if ref > 0 else f"{err:.1e} abs"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=256, help="number of input/output pairs")
@@ -201,10 +207,9 @@ def main(argv=None):
         ranks.append(r)
         spectra.append((s_nuc, s_lora))
         agree &= r[0] == r[1] == r[2]
-        ref = max(np.linalg.norm(d_cf), 1e-12)
-        e_nuc = np.linalg.norm(d_nuc - d_cf) / ref
-        e_lora = np.linalg.norm(d_lora - d_nuc) / max(np.linalg.norm(d_nuc), 1e-12)
-        print(f"{lam:6g} {r[0]:12d} {r[1]:13d} {r[2]:8d} {e_nuc:17.1e} {e_lora:25.1e}")
+        e_nuc = _relative(np.linalg.norm(d_nuc - d_cf), np.linalg.norm(d_cf))
+        e_lora = _relative(np.linalg.norm(d_lora - d_nuc), np.linalg.norm(d_nuc))
+        print(f"{lam:6g} {r[0]:12d} {r[1]:13d} {r[2]:8d} {e_nuc:>17} {e_lora:>25}")
     print(
         "\nlearned ranks agree for every λ" if agree else "\nWARNING: learned ranks differ",
         f"(LoRA rank r={args.lora_rank}; rank = #σ > {args.tol:g}).",

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import time
 
 import jax
@@ -43,7 +44,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 # scikit-learn >= 1.8 spells the L1 penalty ``l1_ratio=1`` (``penalty`` is deprecated).
-L1_KW = {"l1_ratio": 1.0} if int(sklearn.__version__.split(".")[1]) >= 8 else {"penalty": "l1"}
+SKLEARN_VERSION = tuple(int(v) for v in re.findall(r"\d+", sklearn.__version__)[:2])
+L1_KW = {"l1_ratio": 1.0} if SKLEARN_VERSION >= (1, 8) else {"penalty": "l1"}
 FIGURE = os.path.join(os.path.dirname(__file__), "figures", "sparse_logistic_path.png")
 
 
