@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run benchmark suites 1-4 and 7 at full size on a CUDA machine, in one call of at most 8 minutes,
+# Run benchmark suites 1-4 and 6-8 at full size on a CUDA machine, in one call of at most 8 minutes,
 # and write the table to OUTDIR/RESULTS_gpu.md (log beside it).
 #
 #   bash bench/gpu.sh OUTDIR
@@ -8,12 +8,12 @@
 # jax has a GPU backend (e.g. `jax[cuda12]` or `jax[cuda13]` installed beforehand) and that can
 # import optax and chex; optareg is imported from this checkout. Exits non-zero, with
 # diagnostics, when no such Python is found. Environment knobs: REPS (default 20), LIMIT_S
-# (default 470, the hard wall-clock limit of the benchmark itself), SUITES (default 1,2,3,4,7).
+# (default 470, the hard wall-clock limit of the benchmark itself), SUITES (default 1,2,3,4,6,7,8).
 set -uo pipefail
 OUTDIR="${1:?usage: bash bench/gpu.sh OUTDIR}"
 REPS="${REPS:-20}"
 LIMIT_S="${LIMIT_S:-470}"
-SUITES="${SUITES:-1,2,3,4,7}"
+SUITES="${SUITES:-1,2,3,4,6,7,8}"
 cd "$(dirname "$0")/.."
 mkdir -p "$OUTDIR"
 
