@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import resource
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -236,6 +237,34 @@ def time_interleaved(
 def ratios(t_b: np.ndarray, t_a: np.ndarray) -> np.ndarray:
     """Pairwise ratios ``t_B,i / t_A,i``."""
     return np.asarray(t_b) / np.asarray(t_a)
+
+
+def minor_faults_per_call(runner: Callable[[], None], calls: int = 3) -> float:
+    """Minor page faults per call of ``runner`` (fresh pages of its temporaries, 4 KiB each)."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        runner()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+
+
+def ratio_rows(
+    labels: Sequence[Sequence[str]],
+    runners: Sequence[Any],
+    times: Sequence[np.ndarray],
+    describe: Callable[[Any], str],
+) -> list[list[str]]:
+    """One row per candidate: its labels, time, pairwise ratio to the first candidate, minor page
+    faults per call and ``describe(runner)`` (e.g. what its compiled HLO holds)."""
+    return [
+        [
+            *label,
+            fmt_stats(t),
+            fmt_stats(ratios(t, times[0]), "ratio"),
+            f"{minor_faults_per_call(runner):.0f}",
+            describe(runner),
+        ]
+        for label, runner, t in zip(labels, runners, times, strict=True)
+    ]
 
 
 # ------------------------------------------------------------------------------------------------

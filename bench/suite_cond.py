@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench._common import Context, Section, StepRunner, fmt_stats, ratios, time_interleaved
-from bench.suite_stats import LEAVES, SHAPE, _faults
+from bench._common import Context, Section, StepRunner, ratio_rows, time_interleaved
+from bench.suite_stats import LEAVES, SHAPE
 
 SKIP_EVERY = 1_000_000  # the conditional's predicate is false on every timed step
 
@@ -99,17 +99,12 @@ def run(ctx: Context) -> list[Section]:
         ctx.log(f"[cond] {name}")
         runners.append(_runner(operand, every_step, leaves))
     times = time_interleaved(runners, ctx.reps, ctx.warmup)
-    rows = [
-        [
-            name,
-            what,
-            fmt_stats(t),
-            fmt_stats(ratios(t, times[0]), "ratio"),
-            f"{_faults(runner):.0f}",
-            _big_buffers(runner.hlo_text(), shape),
-        ]
-        for (name, what, _, _), runner, t in zip(ROWS, runners, times, strict=True)
-    ]
+    rows = ratio_rows(
+        [(name, what) for name, what, _, _ in ROWS],
+        runners,
+        times,
+        lambda runner: _big_buffers(runner.hlo_text(), shape),
+    )
     notes = [
         f"{n_leaves} float32 leaves of {shape} ({entries / 1e6:.1f}M entries); params, moments, "
         f"step count and statistic donated; {ctx.reps} timed steps per row after {ctx.warmup} "

@@ -12,7 +12,6 @@ the input is fresh memory on every call under XLA:CPU) and what the compiled HLO
 from __future__ import annotations
 
 import re
-import resource
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench._common import Context, PureRunner, Section, fmt_stats, ratios, time_interleaved
+from bench._common import Context, PureRunner, Section, ratio_rows, time_interleaved
 from optareg import _numerics
 
 LEAVES = {"tiny": 1, "small": 4, "full": 12}  # (768, 3072) leaves: 2.4M, 9.4M, 28.3M entries
@@ -108,13 +107,6 @@ def _hlo_notes(text: str, shape: tuple[int, ...]) -> str:
     return f"{ynn} YNN, {variadic} variadic, {big} leaf-sized temporaries"
 
 
-def _faults(runner: PureRunner, calls: int = 3) -> float:
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(calls):
-        runner()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
-
-
 def run(ctx: Context) -> list[Section]:
     n_leaves, shape = LEAVES[ctx.size], SHAPE[ctx.size]
     rng = np.random.default_rng(0)
@@ -128,18 +120,12 @@ def run(ctx: Context) -> list[Section]:
         per_leaf = lambda xs, ys, f=form: [f(x, y) for x, y in zip(xs, ys, strict=True)]  # noqa: E731
         runners.append(PureRunner(per_leaf, xs, ys))
     times = time_interleaved(runners, ctx.reps, ctx.warmup)
-    rows = []
-    for (name, what, _), runner, t in zip(FORMS, runners, times, strict=True):
-        rows.append(
-            [
-                name,
-                what,
-                fmt_stats(t),
-                fmt_stats(ratios(t, times[0]), "ratio"),
-                f"{_faults(runner):.0f}",
-                _hlo_notes(runner.compiled.as_text(), shape),
-            ]
-        )
+    rows = ratio_rows(
+        [(name, what) for name, what, _ in FORMS],
+        runners,
+        times,
+        lambda runner: _hlo_notes(runner.compiled.as_text(), shape),
+    )
     notes = [
         f"{n_leaves} float32 leaves of {shape} ({entries / 1e6:.1f}M entries, "
         f"{entries * 4 / 2**20:.0f} MiB per tree); y = 1e-3·N(0, 1); {ctx.reps} timed calls "
