@@ -125,6 +125,11 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# Variables that change the timings: the allocator (on CPU, fresh temporaries cost page faults;
+# glibc's transparent huge pages make them ~500x fewer) and XLA's flags.
+_ENV_THAT_MATTERS = ("GLIBC_TUNABLES", "MALLOC_ARENA_MAX", "XLA_FLAGS", "LD_PRELOAD")
+
+
 def machine_info() -> list[tuple[str, str]]:
     import jax
     import jaxlib
@@ -159,11 +164,6 @@ def machine_info() -> list[tuple[str, str]]:
         ),
         ("environment (allocator, XLA)", ", ".join(f"`{e}`" for e in env) or "defaults"),
     ]
-
-
-# Variables that change the timings: the allocator (on CPU, fresh temporaries cost page faults;
-# glibc's transparent huge pages make them ~500x fewer) and XLA's flags.
-_ENV_THAT_MATTERS = ("GLIBC_TUNABLES", "MALLOC_ARENA_MAX", "XLA_FLAGS", "LD_PRELOAD")
 
 
 def command_line() -> str:
