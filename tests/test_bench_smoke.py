@@ -138,3 +138,6 @@ def test_cond_rows(report):
     by_name = {r[0]: r for r in rows}
     # an input as the operand needs no copy; the donated parameters do (XLA:CPU)
     assert by_name["+ cond(Σg²), skipped"][5].startswith("0 copies")
+    # the floor rows read inputs only (θ ordered before its in-place update): no copy either
+    assert by_name["+ Σg² every step"][5].startswith("0 copies")
+    assert by_name["+ Σg², Σθ² every step"][5].startswith("0 copies")
