@@ -291,14 +291,18 @@ def track(
     the backend's arithmetic sees it, zero under XLA:CPU's flush-to-zero). With
     ``metrics_every = k`` the pass runs on the steps where the transform's own counter is a
     multiple of ``k`` (step 0 included); on the other steps the state keeps the last values and
-    nothing is read. The keys never change.
+    nothing is read. The keys never change. On XLA:CPU a skipped step is free only when the
+    statistics' operands exist anyway: placed first, they are the gradients (an input); placed
+    after the optimizer, XLA still materializes the update for the conditional, which costs about
+    as much as the statistics (``bench`` suite 8, ``docs/performance.md``).
 
     Norms accumulate in (at least) float32, so bfloat16 parameters give float32-accurate norms.
-    They are overflow-safe: only when a sum of squares exceeds the float32 range (entries
-    ≳ 1e19, typical of a diverging run) does a second, rescaled pass (by an exact power of two)
-    run, behind one ``lax.cond``, so the ratios stay finite, meaningful numbers until the
-    entries themselves are infinite. Ratios are 0 when ``‖θ‖ = 0`` (never NaN/Inf from the
-    denominator). All metrics are float32 scalars, except ``nonfinite`` (int32).
+    They are overflow-safe: the same pass also sums the squares of ``u`` and ``θ`` rescaled by
+    the exact power of two 2⁻¹⁰⁰, and where a plain sum of squares exceeds the float32 range
+    (entries ≳ 1e19, typical of a diverging run) the norm comes from the rescaled sum, so the
+    ratios stay finite, meaningful numbers until the entries themselves are infinite. Ratios are
+    0 when ``‖θ‖ = 0`` (never NaN/Inf from the denominator). All metrics are float32 scalars,
+    except ``nonfinite`` (int32).
 
     With ``per_leaf=True`` the same metrics are also recorded per leaf, keyed by the leaf's tree
     path: ``"<name>/update_ratio/dense1/kernel"`` (a trailing Flax NNX ``.value`` is dropped). The
