@@ -35,7 +35,15 @@ _WHERE = {
     "gradient": "before the optimizer's learning-rate scaling, before every post-step transform",
     "post_step": "after the optimizer (post-step transforms go last)",
     "final": "last in the chain (only diagnostics may follow it)",
+    "complete": (
+        "after every other optimizer transform: it is a complete optimizer, so only post-step "
+        "transforms, low_precision_updates and diagnostics may follow it"
+    ),
 }
+
+# entry kinds that make (part of) the optimizer: untagged transforms, a tagged complete
+# optimizer (prox_adam), and the optax wrappers that skip calls (MultiSteps, apply_if_finite)
+_OPTIMIZERS = ("optimizer", "complete", "skipping")
 
 
 def tag(tx: Any, kind: str, name: str) -> Any:
@@ -49,13 +57,83 @@ def tag(tx: Any, kind: str, name: str) -> Any:
     return tx
 
 
+def _cells(fn: Any) -> dict[str, Any]:
+    """The closure variables of ``fn`` by name (empty for anything else)."""
+    code, closure = getattr(fn, "__code__", None), getattr(fn, "__closure__", None)
+    if code is None or closure is None:
+        return {}
+    out = {}
+    for name, cell in zip(code.co_freevars, closure, strict=False):
+        try:
+            out[name] = cell.cell_contents
+        except ValueError:  # an empty cell
+            pass
+    return out
+
+
+def _injected_kind(cells: dict[str, Any]) -> tuple[tuple[str, str], ...] | None:
+    """The entries of ``optax.inject_hyperparams(factory)(...)``: those of the transform that
+    ``factory`` builds from the same hyperparameters (built once, here, and dropped)."""
+    factory = cells.get("inner_factory")
+    if not getattr(factory, "__module__", "").startswith("optareg"):
+        return None
+    try:
+        values = {k: f(f.init()) for k, f in cells.get("sched_hps", {}).items()}
+        inner = factory(**cells.get("other_hps", {}), **cells.get("numeric_hps", {}), **values)
+    except Exception:  # noqa: BLE001 - not buildable outside optax: left unchecked
+        return None
+    return _entries(inner)
+
+
+# optax wrappers after which a post-step transform would run on calls the wrapper skips
+_SKIPPING = {"MultiSteps": "optax.MultiSteps", "apply_if_finite": "optax.apply_if_finite"}
+_SKIPPED = {"optax.MultiSteps": "every micro-batch", "optax.apply_if_finite": "every skipped step"}
+
+
+def _entries_of_init(init: Any, label: str) -> tuple[tuple[str, str], ...]:
+    """The (kind, name) entries behind an ``init`` function: a tagged optareg transform, or
+    what optax's ``chain`` / ``named_chain`` / ``masked`` / ``inject_hyperparams`` wrap (so a
+    wrapped prox is still a prox); ``MultiSteps`` and ``apply_if_finite`` are ``"skipping"``
+    optimizers; anything else is part of the optimizer."""
+    info = _TAGS.get(init) if _weakrefable(init) else None
+    if info is not None:
+        kind, name, inner = info
+        if kind == "chain":
+            return inner
+        return (("complete" if kind == "optimizer" else kind, name),)  # a tagged optimizer
+    owner = getattr(init, "__self__", None)
+    if isinstance(owner, optax.MultiSteps):
+        return (("skipping", _SKIPPING["MultiSteps"]),)
+    outer = getattr(init, "__qualname__", "").split(".<locals>")[0]
+    cells = _cells(init)
+    if outer == "apply_if_finite":
+        return (("skipping", _SKIPPING["apply_if_finite"]),)
+    if outer == "chain" and "init_fns" in cells:
+        return tuple(e for fn in cells["init_fns"] for e in _entries_of_init(fn, label))
+    if outer == "named_chain" and "transforms" in cells:
+        return tuple(e for _, tx in cells["transforms"] for e in _entries(tx))
+    if outer == "masked" and "inner" in cells:
+        return _entries(cells["inner"])
+    if outer == "inject_hyperparams":
+        injected = _injected_kind(cells)
+        if injected is not None:
+            return injected
+    return (("optimizer", label),)
+
+
+def _weakrefable(fn: Any) -> bool:
+    try:
+        weakref.ref(fn)
+    except TypeError:
+        return False
+    return True
+
+
 def _entries(tx: Any) -> tuple[tuple[str, str], ...]:
     """The (kind, name) sequence of ``tx``: one entry, or the flattened entries of a chain."""
-    info = _TAGS.get(getattr(tx, "init", None)) if hasattr(tx, "init") else None
-    if info is None:
+    if not hasattr(tx, "init"):
         return (("optimizer", type(tx).__name__),)
-    kind, name, inner = info
-    return inner if kind == "chain" else ((kind, name),)
+    return _entries_of_init(tx.init, type(tx).__name__)
 
 
 def kind_of(tx: Any) -> str:
@@ -64,25 +142,46 @@ def kind_of(tx: Any) -> str:
     return "optimizer" if info is None else info[0]
 
 
-def _check_order(entries: tuple[tuple[str, str], ...]) -> None:
-    """Raise a ``ValueError`` naming the first misplaced transform and where it belongs."""
-    core = [(i, k, n) for i, (k, n) in enumerate(entries) if k != "diagnostic"]
+def _misplaced(kind: str, name: str, before: list, after: list) -> tuple[str, str] | None:
+    """Why a transform of ``kind`` is out of place between ``before`` and ``after`` (lists of
+    (kind, name)), and where it must go; None when it is in place."""
+    kinds_before, kinds_after = [k for k, _ in before], [k for k, _ in after]
+    if kind == "extra_args" and any(k != "extra_args" for k in kinds_before):
+        return "it comes after another transform", _WHERE[kind]
+    if kind == "gradient" and any(k in ("post_step", "final") for k in kinds_before):
+        return "it comes after a post-step transform", _WHERE[kind]
+    if kind == "post_step" and any(k in _OPTIMIZERS for k in kinds_after):
+        return "an optimizer comes after it", _WHERE[kind]
+    if kind == "post_step" and "skipping" in kinds_before:
+        wrapper = next(n for k, n in before if k == "skipping")
+        return (
+            f"it comes after {wrapper}, so it also runs on {_SKIPPED[wrapper]} (the calls that "
+            "wrapper turns into a zero update), and its schedule counts them",
+            f"inside the wrapper, after the optimizer: {wrapper}(optareg.chain(opt, {name}), ...)",
+        )
+    if kind == "final" and after:
+        return "another non-diagnostic transform comes after it", _WHERE[kind]
+    if kind == "complete" and any(k in _OPTIMIZERS for k in kinds_after):
+        return "another optimizer transform comes after it", _WHERE[kind]
+    return None
+
+
+def _check_order(entries: list[tuple[int, str, str]]) -> None:
+    """Raise a ``ValueError`` naming the first misplaced transform and where it belongs.
+
+    ``entries`` are ``(position, kind, name)``: ``position`` is the argument of :func:`chain`
+    the entry comes from (a nested chain or wrapper contributes several entries).
+    """
+    core = [(i, k, n) for i, k, n in entries if k != "diagnostic"]
     for j, (i, kind, name) in enumerate(core):
-        before = [k for _, k, _ in core[:j]]
-        after = [k for _, k, _ in core[j + 1 :]]
-        bad = None
-        if kind == "extra_args" and any(k != "extra_args" for k in before):
-            bad = "it comes after another transform"
-        elif kind == "gradient" and any(k in ("post_step", "final") for k in before):
-            bad = "it comes after a post-step transform"
-        elif kind == "post_step" and "optimizer" in after:
-            bad = "an optimizer comes after it"
-        elif kind == "final" and after:
-            bad = "another non-diagnostic transform comes after it"
-        if bad:
+        before = [(k, n) for _, k, n in core[:j]]
+        after = [(k, n) for _, k, n in core[j + 1 :]]
+        found = _misplaced(kind, name, before, after)
+        if found:
+            bad, where = found
             raise ValueError(
                 f"optareg.chain: `{name}` (position {i}) is misplaced: {bad}. It must go "
-                f"{_WHERE[kind]}. Order: extra-args (sam_perturb) first, then gradient-side "
+                f"{where}. Order: extra-args (sam_perturb) first, then gradient-side "
                 "transforms and the optimizer, then post-step transforms (prox_*, "
                 "decoupled_weight_decay, spectral_clip, constraints), then "
                 "low_precision_updates; diagnostics (track) anywhere."
@@ -93,12 +192,26 @@ def chain(*transforms: Any) -> optax.GradientTransformationExtraArgs:
     """``optax.chain`` that checks where every optareg transform sits.
 
     The result is exactly ``optax.chain(*transforms)``; before building it, the kinds of the
-    optareg transforms in it (nested :func:`chain` results are flattened) are checked against
-    the order extra-args → gradient-side / optimizer → post-step → ``low_precision_updates``,
-    with diagnostics allowed anywhere. Transforms that optareg did not make count as the
-    optimizer. A misplaced transform is a ``ValueError`` that names it and where it belongs:
-    ``chain(prox_l1(...), adam(...))`` (a prox before the optimizer, which never gives exact
-    zeros), ``chain(sgd(lr), sam_perturb(rho))`` (SAM last: gradient *ascent*).
+    optareg transforms in it are checked against the order extra-args → gradient-side /
+    optimizer → post-step → ``low_precision_updates``, with diagnostics allowed anywhere.
+    Transforms that optareg did not make count as the optimizer. The check sees through nested
+    :func:`chain` and ``optax.chain`` / ``optax.named_chain`` results, ``optax.masked`` and
+    ``optax.inject_hyperparams`` (a wrapped prox is still a prox). A misplaced transform is a
+    ``ValueError`` that names it and where it belongs:
+
+    * ``chain(prox_l1(...), adam(...))``: a prox before the optimizer, which never gives exact
+      zeros (also when the prox is wrapped in ``inject_hyperparams`` or ``masked``);
+    * ``chain(sgd(lr), sam_perturb(rho))``: SAM last, i.e. gradient *ascent*;
+    * ``chain(MultiSteps(opt, k), prox_l1(...))`` (or after ``optax.apply_if_finite``): the
+      prox would run on every call, each micro-batch or skipped step included; it belongs
+      inside, ``MultiSteps(chain(opt, prox_l1(...)), k)``;
+    * ``chain(prox_adam(...), sgd(lr))``: ``prox_adam`` is a complete optimizer, and a further
+      optimizer after it loses its exact zeros.
+
+    Not caught, since an optax optimizer and its pieces look alike from outside:
+    ``add_decayed_weights`` after a *complete* optimizer (``chain(sgd(lr),
+    add_decayed_weights(λ))`` adds ``λ·θ`` to the final step, so the weights grow): it goes
+    before the learning-rate scaling, e.g. ``chain(add_decayed_weights(λ), sgd(lr))``.
 
     Args:
       *transforms: the transforms, in order (like ``optax.chain``).
@@ -117,11 +230,11 @@ def chain(*transforms: Any) -> optax.GradientTransformationExtraArgs:
       ...
       ValueError: optareg.chain: `prox_l1` (position 0) is misplaced: ...
     """
-    entries = tuple(e for tx in transforms for e in _entries(tx))
+    entries = [(i, k, n) for i, tx in enumerate(transforms) for k, n in _entries(tx)]
     _check_order(entries)
     out = optax.chain(*transforms)
     try:
-        _TAGS[out.init] = ("chain", "chain", entries)
+        _TAGS[out.init] = ("chain", "chain", tuple((k, n) for _, k, n in entries))
     except TypeError:  # pragma: no cover
         pass
     return out

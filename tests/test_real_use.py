@@ -135,6 +135,58 @@ def test_add_decayed_weights_nonzero_still_decays():
             "add_decayed_weights",
             "before",
         ),
+        # wrapped, the prox is still a prox
+        (
+            lambda: optareg.chain(
+                optax.inject_hyperparams(optareg.prox_l1, static_args=("mask",))(0.1, 0.1),
+                optax.sgd(0.1),
+            ),
+            "prox_l1",
+            "after the optimizer",
+        ),
+        (
+            lambda: optareg.chain(
+                optax.masked(optareg.prox_l1(0.1, 0.1), {"w": True}), optax.sgd(0.1)
+            ),
+            "prox_l1",
+            "after the optimizer",
+        ),
+        (
+            lambda: optareg.chain(
+                optax.chain(optax.sgd(0.1), optareg.prox_l1(0.1, 0.1)), optax.clip(0.01)
+            ),
+            "prox_l1",
+            "after the optimizer",
+        ),
+        (
+            lambda: optareg.chain(
+                optax.named_chain(("prox", optareg.prox_l1(0.1, 0.1)), ("opt", optax.sgd(0.1)))
+            ),
+            "prox_l1",
+            "after the optimizer",
+        ),
+        # after a wrapper that skips calls, a post-step transform would still act on them
+        (
+            lambda: optareg.chain(
+                optareg.sam_perturb(0.05),
+                optax.MultiSteps(optax.sgd(0.1), 4).gradient_transformation(),
+                optareg.prox_l1(0.1, 0.1),
+            ),
+            "prox_l1",
+            r"inside the wrapper.*optax\.MultiSteps\(optareg\.chain\(opt, prox_l1\)",
+        ),
+        (
+            lambda: optareg.chain(
+                optax.apply_if_finite(optax.adam(1e-3), 3), optareg.decoupled_weight_decay(0.1)
+            ),
+            "decoupled_weight_decay",
+            "inside the wrapper",
+        ),
+        (
+            lambda: optareg.chain(optareg.prox_adam(1e-3, 1e-4), optax.sgd(0.1)),
+            "prox_adam",
+            "after every other optimizer transform",
+        ),
     ],
 )
 def test_chain_names_the_misplaced_transform(build, culprit, where):
@@ -164,6 +216,35 @@ def test_chain_accepts_the_documented_orders_and_equals_optax_chain():
     u_theirs, _ = theirs.update(grads, theirs.init(params), params, **extra)
     for a, b in zip(jax.tree.leaves(u_ours), jax.tree.leaves(u_theirs), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def _run(tx, params, grads_seq):
+    state = tx.init(params)
+    for g in grads_seq:
+        u, state = tx.update(g, state, params)
+        params = optax.apply_updates(params, u)
+    return params
+
+
+def test_the_orders_the_errors_point_to_are_accepted_and_right():
+    """What the MultiSteps message asks for is accepted, and it is the right computation: two
+    real steps of SGD on the mean of 4 micro-batch gradients, each followed by one
+    soft-threshold by lr·λ (numpy oracle)."""
+    lr, lam, k = 0.1, 0.5, 4
+    params = {"w": jnp.array([1.0, -0.3, 0.04, 2.0])}
+    grads = [{"w": jnp.array([0.1 * i, -0.2, 0.3, 0.0])} for i in range(2 * k)]
+    inner = optareg.chain(optax.sgd(lr), optareg.prox_l1(lam, lr))
+    tx = optareg.chain(optareg.track(), optax.MultiSteps(inner, k).gradient_transformation())
+    got = _run(tx, params, grads)["w"]
+    w = np.array([1.0, -0.3, 0.04, 2.0])
+    for step in range(2):
+        g = np.mean([np.asarray(grads[step * k + i]["w"]) for i in range(k)], axis=0)
+        x = w - lr * g
+        w = np.sign(x) * np.maximum(np.abs(x) - lr * lam, 0.0)
+    np.testing.assert_allclose(got, w, rtol=1e-6, atol=1e-7)
+    assert float(got[2]) == 0.0  # an exact zero, not a small number
+    optareg.chain(optax.apply_if_finite(inner, 3))  # the whole chain wrapped: accepted
+    optareg.chain(optareg.prox_adam(1e-3, 1e-4), optareg.max_norm(1.0), optareg.track())
 
 
 def test_plain_optax_chain_keeps_working_in_any_order():
