@@ -46,12 +46,14 @@ class LowPrecisionState(NamedTuple):
     """State of :func:`low_precision_updates`.
 
     Attributes:
-      count: int32 step counter of shape ``()``; with ``seed`` it decides the random bits of
-        ``"stochastic"`` (``fold_in(fold_in(PRNGKey(seed), count), leaf_index)``).
+      count: int32 step counter of shape ``()``; with ``seed`` it decides the random bits
+        (``fold_in(fold_in(PRNGKey(seed), count), leaf_index)``): those of ``"stochastic"``'s
+        rounding of θ, and of ``"kahan"``'s rounding of its compensation buffer.
       compensation: ``"kahan"``: params-structured, for every low-precision leaf the part of the
-        requested steps not yet applied to it (``x − θ_new``, in the parameter's dtype; −0 where
-        nothing is owed, so that signed zeros survive ``u + c``); ``None`` for float32 / float64
-        (and masked-out) leaves. ``None`` as a whole for ``"stochastic"``.
+        requested steps not yet applied to it (``x − θ_new``, rounded stochastically to the
+        parameter's dtype; −0 where nothing is owed, so that signed zeros survive ``u + c``);
+        ``None`` for float32 / float64 (and masked-out) leaves. ``None`` as a whole for
+        ``"stochastic"``.
     """
 
     count: jax.Array  # int32, shape ()
@@ -185,36 +187,46 @@ def _exact_step(th, t, x, rnd: Callable[[jax.Array], jax.Array], dtype: Any) -> 
     return jnp.where(jnp.isfinite(th), d, t)  # θ = ±inf / NaN: the plain step
 
 
-def _kahan(leaf: _poststep.Leaf) -> tuple[jax.Array, dict[str, Any]]:
-    """Round to nearest; the rounding error waits in the compensation buffer for the next step."""
-    dtype, th = leaf.param.dtype, leaf.theta
-    c = leaf.state["compensation"]
-    t = leaf.u + c.astype(th.dtype)  # the step owed: this update plus what was not applied yet
-    d = _exact_step(th, t, th + t, lambda v: _round_nearest(v, dtype), dtype)
-    c_new = (th - _round_nearest(th + d, dtype)) + t  # x − θ_new, where it really lands
-    # −0 where nothing is owed (u + (−0) is u for every u, also −0); 0 where the step was not
-    # finite (the NaN / Inf is in θ now, not to be added twice).
-    keep = jnp.isfinite(c_new) & (c_new != 0)
-    c_new = jnp.where(keep, c_new, jnp.asarray(-0.0, c_new.dtype)).astype(c.dtype)
-    return d, {"compensation": c_new}
+def _leaf_key(seed: int, count: jax.Array, leaf: _poststep.Leaf, axis_name: Any) -> jax.Array:
+    """The key of one (step, leaf): ``fold_in(fold_in(PRNGKey(seed), count), index)``, and the
+    shard's index along ``axis_name`` folded in when given."""
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), count), leaf.index)
+    if axis_name is not None:  # each shard of a sharded leaf draws its own bits
+        key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+    return key
 
 
-def _stochastic(seed: int, axis_name: Any) -> Callable[..., Any]:
+def _kahan(seed: int) -> Callable[..., Any]:
     def operator(leaf: _poststep.Leaf, count: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
-        key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), count), leaf.index)
-        if axis_name is not None:  # each shard of a sharded leaf draws its own bits
-            key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+        """Round to nearest; the rounding error waits in the compensation buffer for the next
+        step. The buffer has the parameter's dtype, so the error is itself rounded to it, and
+        *stochastically*: rounded to nearest, a buffer ``c`` would swallow every step below
+        half an ulp of ``c`` (about ``2⁻¹⁸·|θ|``: decay steps of ``3e-6`` would never land),
+        while unbiased rounding keeps their sum on average."""
         dtype, th = leaf.param.dtype, leaf.theta
-        bits = leaf_bits(key, jnp.shape(th))
-        d = _exact_step(th, leaf.u, leaf.x, lambda v: _round_stochastic(v, dtype, bits), dtype)
-        return d, leaf.state
+        c = leaf.state["compensation"]
+        t = leaf.u + c.astype(th.dtype)  # the step owed: this update plus what was not applied
+        d = _exact_step(th, t, th + t, lambda v: _round_nearest(v, dtype), dtype)
+        owed = (th - _round_nearest(th + d, dtype)) + t  # x − θ_new, where it really lands
+        bits = leaf_bits(_leaf_key(seed, count, leaf, None), jnp.shape(th))
+        c_new = _round_stochastic(owed, dtype, bits)
+        # −0 where nothing is owed (u + (−0) is u for every u, also −0); 0 where the step was
+        # not finite (the NaN / Inf is in θ now, not to be added twice).
+        keep = jnp.isfinite(c_new) & (c_new != 0)
+        c_new = jnp.where(keep, c_new, jnp.asarray(-0.0, c_new.dtype)).astype(c.dtype)
+        return d, {"compensation": c_new}
 
     return operator
 
 
-# ---------------------------------------------------------------------------------------------
-# the transform
-# ---------------------------------------------------------------------------------------------
+def _stochastic(seed: int, axis_name: Any) -> Callable[..., Any]:
+    def operator(leaf: _poststep.Leaf, count: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+        dtype, th = leaf.param.dtype, leaf.theta
+        bits = leaf_bits(_leaf_key(seed, count, leaf, axis_name), jnp.shape(th))
+        d = _exact_step(th, leaf.u, leaf.x, lambda v: _round_stochastic(v, dtype, bits), dtype)
+        return d, leaf.state
+
+    return operator
 
 
 def _check_seed(seed: Any) -> int:
@@ -255,13 +267,17 @@ def low_precision_updates(
     .. math::
 
         \text{kahan:}\quad x = \theta + u + c,\quad \theta_{\mathrm{new}} = \mathrm{RN}(x),
-        \quad c \leftarrow x - \theta_{\mathrm{new}};\qquad
+        \quad c \leftarrow \mathrm{SR}(x - \theta_{\mathrm{new}});\qquad
         \text{stochastic:}\quad \theta_{\mathrm{new}} = \mathrm{SR}(\theta + u),\
         \mathbb{E}[\theta_{\mathrm{new}}] = \theta + u.
 
     ``"kahan"`` rounds to nearest and keeps the rounding error in a compensation buffer ``c``
     (one per low-precision leaf, in its dtype) that is added back on the next step, so steps
-    far below the parameter's resolution accumulate until they move it. ``"stochastic"`` keeps
+    far below the parameter's resolution accumulate until they move it. The buffer's own
+    rounding is stochastic (``SR``, unbiased): rounded to nearest, ``c`` would swallow every
+    step below half of *its* ulp, and once ``|c|`` nears half an ulp of θ that is every step
+    below ``≈ 2⁻¹⁸·|θ|`` (decay steps of ``3e-6`` on weights of 1.0 would never land).
+    ``"stochastic"`` keeps
     no buffer: it rounds up or down with probability proportional to the distance (unbiased),
     with bits that are a pure function of ``seed``, the step count and the leaf's index
     (``fold_in(fold_in(PRNGKey(seed), count), index)``, expanded per element by a counter
@@ -280,7 +296,8 @@ def low_precision_updates(
 
     Args:
       method: ``"kahan"`` (round to nearest + compensation buffer) or ``"stochastic"``.
-      seed: the random seed of ``"stochastic"``, an int in ``[0, 2³² − 1]``.
+      seed: the random seed, an int in ``[0, 2³² − 1]``: of the rounding of θ
+        (``"stochastic"``) or of the compensation buffer (``"kahan"``).
       mask: optax mask: a pytree (or prefix) of bools, or a callable returning one; ``True``
         means "apply". Masked-out leaves pass through unchanged.
       axis_name: ``"stochastic"`` inside ``pmap`` / ``shard_map`` with parameters sharded over
@@ -321,12 +338,14 @@ def low_precision_updates(
     if axis_name is not None and method != "stochastic":
         raise ValueError(
             f'`axis_name` only applies to method="stochastic"; got axis_name={axis_name!r} '
-            f"with method={method!r}. Drop it (Kahan rounding draws no random bits)."
+            f"with method={method!r}. Drop it: Kahan's random bits only round its "
+            "compensation buffer, where the same bits on every device do no harm."
         )
     if method == "kahan":
-        operator, hyperparams = _kahan, {}
+        operator = _kahan(seed)
     else:
-        operator, hyperparams = _stochastic(seed, axis_name), {"count": lambda count: count}
+        operator = _stochastic(seed, axis_name)
+    hyperparams = {"count": lambda count: count}
     return _poststep.transformation(
         operator,
         name=_NAME,
