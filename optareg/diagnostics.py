@@ -145,12 +145,13 @@ def _leaf_terms(u: jax.Array, p: jax.Array) -> dict[str, jax.Array]:
     terms = {k: x * x for k, x in zip(_SSQ, (u32, t32, d), strict=True)}
     terms |= {f"{k}_down": jnp.square(x * down) for k, x in (("u", u32), ("theta", t32))}
     # Four counts, as few operations as the definitions allow: nonfinite = n − finite, and
-    # lost = #(u ≠ 0, d = 0) = #(d = 0) − #(u = 0), since u = 0 lands exactly on θ (d = 0).
+    # lost = #(u ≠ 0, d = 0) = #(d = 0 or u = 0) − #(u = 0). (u = 0 lands on θ, but d is NaN
+    # there when θ is ±inf or NaN, hence the "or".)
     terms |= {
         "zeros": (y == 0).astype(i32),
         "finite": jnp.isfinite(u32).astype(i32),
         "moved": (u32 != 0).astype(i32),
-        "unchanged": (d == 0).astype(i32),
+        "unchanged": ((d == 0) | (u32 == 0)).astype(i32),
     }
     return terms
 

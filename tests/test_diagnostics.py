@@ -461,6 +461,24 @@ def test_lost_updates_partial_and_with_zero_updates():
     assert float(optareg.metrics(state)["t/lost_update_fraction"]) == 0.0
 
 
+@pytest.mark.parametrize("jit", [False, True])
+def test_lost_updates_with_non_finite_parameters(jit):
+    """θ = ±inf or NaN with u = 0 is not a moved entry (d = inf − inf is NaN there, not 0): the
+    fraction stays in [0, 1]. Oracle: the definition, counted by hand."""
+    tx = optareg.track(name="t")
+    update = jax.jit(tx.update) if jit else tx.update
+    cases = [  # (θ, u, lost / moved)
+        ([np.inf, -np.inf, 1.0, 1.0], [0.0, 0.0, 1e-9, 0.5], 1 / 2),
+        ([np.inf, 1.0], [0.0, 1e-9], 1.0),
+        ([np.nan, 1.0, 2.0], [0.0, 0.25, 0.5], 0.0),
+        ([np.nan, np.inf, 1.0], [1.0, 1.0, 1e-9], 1 / 3),  # d = NaN there: not a change of 0
+    ]
+    for th, u, want in cases:
+        p = {"w": jnp.asarray(th, jnp.float32)}
+        _, state = update({"w": jnp.asarray(u, jnp.float32)}, tx.init(p), p)
+        assert float(optareg.metrics(state)["t/lost_update_fraction"]) == pytest.approx(want)
+
+
 # ---------------------------------------------------------------- exact counts in one pass
 
 SPECIAL = [0.0, -0.0, 1e-45, -1e-45, 1e-30, -1e-30, 1.0, -2.5, np.inf, -np.inf, np.nan, 3e38]
