@@ -107,10 +107,11 @@ def pow2_scale(x: jax.Array, axis: Any = None) -> jax.Array:
     Gram matrices and matrix-vector products of entries up to the dtype's max/4 cannot overflow,
     and the result of a scale-equivariant computation is recovered by multiplying back.
     """
-    amax = jnp.max(jnp.abs(x), axis=axis, keepdims=True)
+    amax = jnp.max(jnp.abs(x), axis=axis, keepdims=True, initial=0)
     ok = (amax > 0) & jnp.isfinite(amax)
     e = jnp.ceil(jnp.log2(jnp.where(ok, amax, 1))).astype(jnp.int32)
-    e = jnp.clip(e, -126, 127)
+    fi = jnp.finfo(amax.dtype if _is_float(amax) else jnp.float32)
+    e = jnp.clip(e, fi.minexp, fi.maxexp - 1)  # the dtype's normal range (float64's is wider)
     return jax.lax.stop_gradient(jnp.where(ok, jnp.ldexp(jnp.ones_like(amax), e), 1))
 
 
@@ -120,7 +121,7 @@ def max_abs_scale(x: jax.Array, axis: Any = (-2, -1)) -> jax.Array:
     Subnormal: XLA:CPU flushes denormals to zero inside arithmetic, so ``x/√a`` for a
     subnormal ``a`` is ``0/0``; such a matrix is numerically zero and is left unscaled.
     """
-    a = jnp.max(jnp.abs(x), axis=axis, keepdims=True)
+    a = jnp.max(jnp.abs(x), axis=axis, keepdims=True, initial=0)
     tiny = jnp.finfo(a.dtype).tiny if jnp.issubdtype(a.dtype, jnp.floating) else 1
     return jnp.where((a >= tiny) & jnp.isfinite(a), a, jnp.ones_like(a))
 

@@ -57,8 +57,8 @@ def soft_threshold(x: jax.Array, tau) -> jax.Array:
     Computed as ``x − clip(x, −τ, τ)``, which is bit-identical to the formula above for
     ``|x| > τ`` and gives an exact ``+0.0`` for ``|x| ≤ τ`` (never ``-0.0`` or a tiny residue).
     ``τ`` may be an array broadcastable to ``x`` (per-coordinate thresholds) and may be ``inf``
-    (the coordinate is zeroed; no NaN, also in the gradient). The gradient is ``1{|x| > τ}``,
-    finite at ``x = 0``.
+    (the coordinate is zeroed, ``x = ±inf`` included; no NaN, also in the gradient). The
+    gradient is ``1{|x| > τ}``, finite at ``x = 0``.
 
     Args:
       x: input array (any shape; float dtypes are kept, integers become float32).
@@ -80,7 +80,8 @@ def soft_threshold(x: jax.Array, tau) -> jax.Array:
     _check_threshold("tau", tau)
     x = _float(x)
     tau = _param(tau, x.dtype)
-    return x - jnp.clip(x, -tau, tau)
+    # the select only matters for x = ±inf with τ = inf (inf − inf); elsewhere it is a no-op
+    return jnp.where(jnp.abs(x) <= tau, jnp.zeros_like(x), x - jnp.clip(x, -tau, tau))
 
 
 def elastic_net_threshold(x: jax.Array, tau_l1, tau_l2) -> jax.Array:

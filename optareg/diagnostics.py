@@ -193,8 +193,11 @@ def _ratio(num: jax.Array, den: jax.Array) -> jax.Array:
 
 
 def _combine(norms: list[jax.Array]) -> jax.Array:
-    """``sqrt(Σ nᵢ²)`` of per-leaf norms without overflow (scaled by their maximum)."""
-    n = jnp.stack(norms).astype(jnp.float32)
+    """``sqrt(Σ nᵢ²)`` of per-leaf norms without overflow (scaled by their maximum), in their
+    dtype (float64 norms stay float64 until the metrics are cast to float32, so that ratios of
+    norms below float32's range are still right)."""
+    n = jnp.stack(norms)
+    n = n.astype(jnp.promote_types(n.dtype, jnp.float32))
     top = jnp.max(n)
     ok = (top >= jnp.finfo(n.dtype).tiny) & jnp.isfinite(top)  # a subnormal is flushed to 0
     safe = jnp.where(ok, top, 1)

@@ -192,9 +192,10 @@ def _muon_axes(spec: MuonDimensionNumbers, shape: tuple[int, ...], where: str):
 
 
 def _plan_for(shape: tuple[int, ...], spec: Any, path: str, layout: str) -> _Plan | None:
-    """The matrix view of the leaf at ``path`` of ``shape``; ``None`` = not a matrix."""
+    """The matrix view of the leaf at ``path`` of ``shape``; ``None`` = not a matrix (also a
+    leaf with no entries: it has no singular value, and passes through)."""
     nd, where = len(shape), path or "<root>"
-    if nd < 2:
+    if nd < 2 or 0 in shape:
         return None
     if spec is None:
         if path.rsplit("/", 1)[-1] == "bias":

@@ -578,3 +578,51 @@ def test_example_constraint_equivalence_smoke(tmp_path):
     params = result["runs"][True][0]
     for k in ("w1", "w2"):
         assert np.linalg.norm(np.asarray(params[k]), axis=0).max() <= 3.0 * (1 + 1e-5)
+
+
+def test_float64_units_beyond_float32s_range_are_rescaled_in_float64():
+    """The power-of-two rescaling uses float64's exponent range for float64 leaves: norms of
+    1e-200 units are not flushed to 0 (they were: ``unit_norm`` left them unchanged), and a
+    tree norm of 5e200 is not inf. Oracle: the closed forms (3-4-5 triangles)."""
+    from optareg._extra_args import tree_norm  # noqa: PLC0415
+
+    with jax.enable_x64(True):
+
+        def landed(tx, w):
+            u, _ = tx.update(jnp.zeros_like(w), tx.init(w), w)
+            return np.asarray(optax.apply_updates(w, u)).ravel()
+
+        tiny = jnp.array([[3e-200], [4e-200]], jnp.float64)
+        np.testing.assert_allclose(landed(optareg.unit_norm(), tiny), [0.6, 0.8], rtol=1e-15)
+        np.testing.assert_allclose(
+            landed(optareg.max_norm(1e-200), tiny), [6e-201, 8e-201], rtol=1e-15
+        )
+        for scale in (1e200, 1e-200):
+            norm = tree_norm([jnp.array([3 * scale, 4 * scale], jnp.float64)])
+            assert norm.dtype == jnp.float64
+            np.testing.assert_allclose(float(norm), 5 * scale, rtol=1e-15)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: optareg.max_norm(1.0),
+        lambda: optareg.unit_norm(),
+        lambda: optareg.spectral_clip(1.0),
+        lambda: optareg.prox_group_lasso(0.1, 0.1),
+        lambda: optareg.prox_nuclear(0.1, 0.1),
+    ],
+    ids=["max_norm", "unit_norm", "spectral_clip", "prox_group_lasso", "prox_nuclear"],
+)
+def test_leaves_with_no_entries_pass_through(make):
+    """A (0, 3) kernel beside a real one (a layer with no units): no error, nothing to do for
+    it, the other leaf as without it."""
+    params = {"empty": jnp.zeros((0, 3)), "w": jnp.array([[3.0, 0.0], [4.0, 0.5]])}
+    zero = jax.tree.map(jnp.zeros_like, params)
+    tx = make()
+    u, _ = jax.jit(tx.update)(zero, tx.init(params), params)
+    assert u["empty"].shape == (0, 3)
+    alone = {"w": params["w"]}
+    u_alone, _ = jax.jit(tx.update)({"w": zero["w"]}, tx.init(alone), alone)
+    np.testing.assert_array_equal(u["w"], u_alone["w"])
+    assert optareg.spectral_norms(params)["empty"] is None

@@ -537,3 +537,17 @@ def test_counts_stay_exact_beyond_float32_integers():
     assert float(jax.jit(lambda x: _numerics.zero_counts([x])[0])(x)) == n - 3
     (count,) = jax.jit(lambda x: _numerics.fused_sums([(x == 0).astype(jnp.int32)]))(x)
     assert int(count) == n - 3
+
+
+def test_float64_global_ratios_of_norms_below_float32s_range():
+    """float64 leaves: the global ratios come from float64 norms (cast to float32 only as
+    metrics), so ‖u‖/‖θ‖ = 0.01 for norms of 5e-52 / 5e-50 (it was 0: both flushed to 0)."""
+    with jax.enable_x64(True):
+        p = {"w": jnp.array([3e-50, 4e-50]), "v": jnp.array([0.0])}
+        u = {"w": jnp.array([3e-52, 4e-52]), "v": jnp.array([0.0])}
+        tx = optareg.track(per_leaf=True, name="t")
+        _, state = tx.update(u, tx.init(p), p)
+        m = optareg.metrics(state)
+        assert m["t/update_ratio"].dtype == jnp.float32
+        np.testing.assert_allclose(float(m["t/update_ratio"]), 0.01, rtol=1e-6)
+        np.testing.assert_allclose(float(m["t/update_ratio/w"]), 0.01, rtol=1e-6)

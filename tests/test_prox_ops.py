@@ -231,6 +231,14 @@ def test_per_coordinate_and_infinite_tau():
     np.testing.assert_array_equal(soft_threshold(x, jnp.array([0.5, 3.0, jnp.inf])), [0.5, 0, 0])
     g = jax.grad(lambda x: jnp.sum(soft_threshold(x, jnp.inf)))(jnp.zeros(3))
     np.testing.assert_array_equal(g, 0.0)
+    # τ = inf zeroes ±inf too (x − clip(x) alone is inf − inf = NaN there); finite τ keeps them
+    big = jnp.array([jnp.inf, -jnp.inf, 1.0, jnp.nan])
+    out = np.asarray(soft_threshold(big, jnp.inf))
+    np.testing.assert_array_equal(out[:3], [0.0, 0.0, 0.0])
+    assert np.isnan(out[3])  # NaN stays NaN
+    np.testing.assert_array_equal(soft_threshold(big[:2], 2.0), [jnp.inf, -jnp.inf])
+    g = jax.grad(lambda x: jnp.sum(soft_threshold(x, jnp.inf)))(big[:3])
+    np.testing.assert_array_equal(g, 0.0)
 
 
 # ---------------------------------------------------------------------------------------------
