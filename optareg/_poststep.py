@@ -7,8 +7,9 @@ to :func:`transformation`, which does everything else once:
 * the mask (``optax.masked`` semantics, via :func:`optareg._masking.masked_if`) and a static
   per-leaf ``select`` predicate (e.g. "matrices only");
 * dtypes: ``x = θ + u`` is formed in at least float32, the operator's result ``y`` is returned as
-  the update ``(y − θ)`` cast to the update's (or the parameter's) dtype, so
-  ``optax.apply_updates(θ, u')`` lands on ``y``: exact zeros stay exact;
+  the update ``(y − θ)`` cast to the update's dtype (the parameter's where that is wider, or
+  always, for ``update_dtype="param"``), so ``optax.apply_updates(θ, u')`` lands on ``y``:
+  exact zeros stay exact;
 * schedules, evaluated on the transform's own int32 counter;
 * per-leaf state (power-iteration vectors, a reference point, a compensation buffer) carried in
   params-structured trees of the state;
@@ -111,7 +112,9 @@ def _leaf_update(operator, u, p, path, leaf_state, hp, update_dtype, stateful, i
     leaf = Leaf(theta + step, theta, step, path, leaf_state, p, index)
     out = operator(leaf, **hp)
     y, new_state = out if stateful else (out, leaf_state)
-    target = p.dtype if update_dtype == "param" else u.dtype
+    # an update narrower than θ (bf16 updates of float32 params) could not carry y − θ
+    # exactly: the landing would miss y (and exact zeros); it is returned in θ's dtype then
+    target = p.dtype if update_dtype == "param" else jnp.promote_types(u.dtype, p.dtype)
     if returns == "update":  # the operator chose u' itself (e.g. so that θ + u' is exact)
         new_u = y.astype(target)
     else:
@@ -152,7 +155,8 @@ def transformation(
       stats: ``(keys, fn)``: ``fn(leaves, ys, hp) -> {key: scalar}`` over the selected leaves,
         computed every ``metrics_every`` steps and recorded as ``"<name>/<key>"``.
       metrics_every: compute the statistics when ``count % metrics_every == 0``.
-      update_dtype: ``"update"`` (return updates in the incoming update's dtype) or
+      update_dtype: ``"update"`` (return updates in the incoming update's dtype, or in the
+        parameter's where that is wider, so that ``θ + u'`` still lands on ``y``) or
         ``"param"`` (in the parameter's dtype).
       kind: the chain kind recorded for :func:`optareg.chain`.
       returns: ``"target"`` (the operator returns ``y = P(θ + u)``; the update is ``y − θ``) or

@@ -495,3 +495,24 @@ def test_penalty_follows_the_schedules():
         params = optax.apply_updates(params, u)
         got = float(optareg.metrics(state)["prox_l1/penalty"])
         assert got == pytest.approx(want_lam * float(jnp.sum(jnp.abs(params["w"]))), rel=1e-6), t
+
+
+@pytest.mark.parametrize(
+    "param_dtype, update_dtype", [("float32", "bfloat16"), ("float64", "float32")]
+)
+def test_updates_narrower_than_the_params_still_land_exactly(param_dtype, update_dtype):
+    """bf16 updates of float32 params (or float32 of float64): ``prox(θ + u) − θ`` in the
+    update's dtype would round, so the landing missed the zeros (it gave 0.001, −0.003 for
+    zeros). The update comes back in θ's dtype and lands exactly. Oracle: numpy float64."""
+    with jax.enable_x64(param_dtype == "float64"):
+        p = jnp.array([1.001, -2.003, 0.5, 30.0], param_dtype)
+        u = jnp.array([0.0, 0.0, 0.0, 1.0], update_dtype)
+        tx = optareg.prox_l1(10.0, 1.0)
+        du, state = tx.update(u, tx.init(p), p)
+        assert du.dtype == jnp.dtype(param_dtype)
+        x = np.asarray(p, np.float64) + np.asarray(u.astype(jnp.float32), np.float64)
+        want = np.sign(x) * np.maximum(np.abs(x) - 10.0, 0.0)
+        np.testing.assert_array_equal(np.asarray(optax.apply_updates(p, du)), want)
+        assert float(optareg.metrics(state)["prox_l1/zeros_fraction"]) == 0.75
+        du, _ = optareg.non_neg().update(-u, optareg.non_neg().init(p), p)
+        assert float(optax.apply_updates(p, du)[1]) == 0.0  # exactly on the constraint
