@@ -92,6 +92,33 @@ def _map_with_names(fn: Callable[[tuple[str, ...], Any], Any], params: Any) -> A
     return jax.tree_util.tree_map_with_path(outer, params, is_leaf=is_var)
 
 
+def _equinox_owners(params: Any) -> dict[tuple[str, ...], str]:
+    """For an Equinox module tree: the path of every submodule that Equinox itself defines
+    (``eqx.nn.Embedding``, ``eqx.nn.LayerNorm`` ...) → its class name; empty otherwise.
+
+    Such a module's arrays are named like any other (``weight``), so the class name is the
+    only sign that a ``weight`` is an embedding table or a norm's scale.
+    """
+    eqx = sys.modules.get("equinox")
+    if eqx is None or not isinstance(params, eqx.Module):
+        return {}
+    owners: dict[tuple[str, ...], str] = {}
+
+    def walk(node: Any, prefix: tuple[str, ...]) -> None:
+        if type(node).__module__.split(".")[0] == "equinox":
+            owners[prefix] = type(node).__name__
+
+        def is_child(x):
+            return x is not node and isinstance(x, eqx.Module)
+
+        for path, child in jax.tree_util.tree_flatten_with_path(node, is_leaf=is_child)[0]:
+            if is_child(child):
+                walk(child, prefix + tuple(_paths.key_name(k) for k in path))
+
+    walk(params, ())
+    return owners
+
+
 def path_names(params: Any) -> Any:
     """The ``"a/b/c"`` path string of every leaf, as a tree shaped like ``params``.
 
@@ -193,7 +220,11 @@ def decay_mask(
     ``"bias"`` matches a leaf *named* ``"b"`` (Haiku's bias). So with the defaults:
     Flax ``Dense_0/kernel`` → True, ``Dense_0/bias``, ``LayerNorm_0/scale``, ``Embed_0/embedding``
     → False; Haiku ``linear/w`` → True, ``linear/b``, ``layer_norm/offset``,
-    ``embed/embeddings`` → False; Equinox ``mlp.weight`` → True, ``ln1.weight`` → False.
+    ``embed/embeddings`` → False; Equinox ``mlp.weight`` → True, ``ln1.weight`` → False. An
+    array held by a module that Equinox itself defines counts that module's class name as a
+    component too, so the ``weight`` of an ``eqx.nn.Embedding`` (``"Embedding"``) or of an
+    ``eqx.nn.LayerNorm`` / ``RMSNorm`` / ``GroupNorm`` is excluded whatever the attribute is
+    called (``tok_embed.weight``, ``wte.weight``).
 
     **min_ndim and stacked layers.** The rank rule alone ("decay ndim ≥ 2") fails on stacked or
     scanned layers (``nn.scan``, ``nnx.vmap``, ``hk.layer_stack``, ``eqx.filter_vmap``), where a
@@ -235,8 +266,11 @@ def decay_mask(
         min_ndim = _validation.check_int("min_ndim", min_ndim, low=0)
     stacked_pats = () if stacked is None else _compile(stacked, "stacked")
 
+    owners = _equinox_owners(params)
+
     def leaf(names, x):
-        if _excluded(names, exclude):
+        owner = owners.get(names[:-1])  # the Equinox module holding this array, if any
+        if _excluded(names if owner is None else (*names[:-1], owner, names[-1]), exclude):
             return False
         if not min_ndim:
             return True

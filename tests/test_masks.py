@@ -409,3 +409,38 @@ def test_by_path_as_mask_in_optax_and_optareg_on_nnx():
     np.testing.assert_allclose(
         u["head"]["kernel"].value, -0.5 * state["head"]["kernel"].value, rtol=1e-6
     )
+
+
+class _EqxGPT(eqx.Module):
+    wte: eqx.nn.Embedding
+    tok_embed: eqx.nn.Embedding
+    final: eqx.nn.LayerNorm
+    head: eqx.nn.Linear
+    blocks: list
+
+    def __init__(self, key):
+        k1, k2, k3, k4 = jax.random.split(key, 4)
+        self.wte = eqx.nn.Embedding(10, 4, key=k1)
+        self.tok_embed = eqx.nn.Embedding(10, 4, key=k2)
+        self.final = eqx.nn.LayerNorm(4)
+        self.head = eqx.nn.Linear(4, 3, key=k3)
+        self.blocks = [eqx.nn.MLP(4, 4, 8, 1, key=k4)]
+
+
+def test_equinox_embeddings_are_not_decayed_whatever_their_attribute_name():
+    """``eqx.nn.Embedding`` stores its table as ``weight``, like ``Linear``: the module's class
+    counts as a path component, so ``wte.weight`` / ``tok_embed.weight`` are not decayed (they
+    were), as the Flax (``embedding``) and Haiku (``embeddings``) tables are not."""
+    model = _EqxGPT(jax.random.PRNGKey(0))
+    mask = decay_mask(eqx.filter(model, eqx.is_array))
+    assert mask.wte.weight is False and mask.tok_embed.weight is False
+    assert mask.final.weight is False and mask.head.bias is False
+    assert mask.head.weight is True and mask.blocks[0].layers[0].weight is True
+    assert decay_mask(eqx.filter(model, eqx.is_array), exclude=()).wte.weight is True
+    # in a training step: the embeddings keep their values under decoupled decay
+    params = eqx.filter(model, eqx.is_array)
+    tx = optareg.chain(optax.sgd(0.0), optareg.decoupled_weight_decay(0.5, mask=decay_mask))
+    u, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    new = optax.apply_updates(params, u)
+    np.testing.assert_array_equal(new.wte.weight, params.wte.weight)
+    np.testing.assert_allclose(new.head.weight, 0.5 * params.head.weight, rtol=1e-6)
