@@ -381,7 +381,9 @@ def decay_schedule(
         eta_max = _peak_learning_rate(learning_rate, peak_value, horizon)
 
     def schedule(count):
-        lam = jnp.asarray(_counters.evaluate(weight_decay, count))
+        # in the default float dtype (float64 under x64): optax's schedules return float32,
+        # and λ·η_t rounded to float32 would not reproduce optax.adamw's float64 λ·θ
+        lam = jnp.asarray(_counters.evaluate(weight_decay, count), jnp.result_type(float))
         if convention == "independent":
             return lam
         eta = jnp.asarray(_counters.evaluate(learning_rate, count))
