@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optareg import _paths
 from optareg._validation import MaskOrFn, is_params_placeholder
 
 __all__ = [
@@ -32,8 +33,29 @@ def is_mask_fn(mask: Any) -> bool:
 
 
 def resolve_mask(mask: MaskOrFn, params: Any) -> Any:
-    """The mask tree for ``params``: ``mask(params)`` for a mask function, else ``mask``."""
-    return mask(params) if is_mask_fn(mask) else mask
+    """The mask tree for ``params``: ``mask(params)`` for a mask function, else ``mask`` (with
+    its NNX variable nodes unwrapped when ``params`` has none, see :func:`_match_variables`)."""
+    return mask(params) if is_mask_fn(mask) else _match_variables(mask, params)
+
+
+def _match_variables(mask: Any, params: Any) -> Any:
+    """A tree mask built on an NNX ``State`` (``decay_mask(nnx.state(model, nnx.Param))``: its
+    bools sit inside ``Param`` nodes), for params without such nodes: ``nnx.Optimizer`` hands
+    optax the ``Param`` nodes at ``init`` but plain arrays at ``update``, where the mask would
+    no longer match. The bools come out of their nodes then; otherwise the mask is unchanged."""
+    types = _paths.nnx_variable_types()
+    if not types:
+        return mask
+
+    def is_var(x):
+        return isinstance(x, types)
+
+    def has_vars(tree):
+        return any(is_var(x) for x in jax.tree.leaves(tree, is_leaf=is_var))
+
+    if not has_vars(mask) or has_vars(params):
+        return mask
+    return jax.tree.map(lambda v: jax.tree.leaves(v)[0] if is_var(v) else v, mask, is_leaf=is_var)
 
 
 def _is_bool_leaf(leaf: Any) -> bool:
@@ -91,7 +113,7 @@ def masked_if(tx: optax.GradientTransformation, mask: MaskOrFn) -> Any:
     """
     if mask is None:
         return optax.with_extra_args_support(tx)
-    masked = optax.masked(tx, mask)
+    masked = optax.masked(tx, mask if is_mask_fn(mask) else lambda p: resolve_mask(mask, p))
 
     def init_fn(params):
         if not is_params_placeholder(params):

@@ -6,15 +6,34 @@ One path-to-string function for masks, metric keys and matrix plans, so that
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import jax
 
-__all__ = ["LAYOUTS", "check_layout", "key_name", "leaf_paths", "path_str", "unit_axis"]
+__all__ = [
+    "LAYOUTS",
+    "check_layout",
+    "key_name",
+    "leaf_paths",
+    "nnx_variable_types",
+    "path_str",
+    "unit_axis",
+]
 
 LAYOUTS = ("auto", "flax", "torch")
 
 _PAYLOAD = ("value", "raw_value")  # Flax NNX Variable payload attributes: not names
+
+
+def nnx_variable_types() -> tuple[type, ...]:
+    """Flax NNX variable node types, if flax.nnx has been imported (else none)."""
+    nnx = sys.modules.get("flax.nnx")
+    if nnx is None:
+        return ()
+    return tuple(
+        t for t in (getattr(nnx, "Variable", None), getattr(nnx, "VariableState", None)) if t
+    )
 
 
 def key_name(key: Any) -> str:

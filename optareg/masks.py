@@ -43,16 +43,6 @@ _LEAF_ALIASES = {"bias": ("b",)}
 # --------------------------------------------------------------------------------------------
 
 
-def _variable_types() -> tuple[type, ...]:
-    """Flax NNX variable node types, if flax.nnx has been imported (else none)."""
-    nnx = sys.modules.get("flax.nnx")
-    if nnx is None:
-        return ()
-    return tuple(
-        t for t in (getattr(nnx, "Variable", None), getattr(nnx, "VariableState", None)) if t
-    )
-
-
 def _check_not_a_step_count(params: Any) -> None:
     """A mask function called on a scalar integer was called as a *schedule*, with the step
     count: ``optax.inject_hyperparams`` does that to every callable argument not named in
@@ -78,7 +68,7 @@ def _check_not_a_step_count(params: Any) -> None:
 def _map_with_names(fn: Callable[[tuple[str, ...], Any], Any], params: Any) -> Any:
     """``fn(names, leaf)`` on every array leaf; NNX variables keep their node around the result."""
     _check_not_a_step_count(params)
-    var_types = _variable_types()
+    var_types = _paths.nnx_variable_types()
 
     def is_var(x):
         return bool(var_types) and isinstance(x, var_types)

@@ -444,3 +444,32 @@ def test_equinox_embeddings_are_not_decayed_whatever_their_attribute_name():
     new = optax.apply_updates(params, u)
     np.testing.assert_array_equal(new.wte.weight, params.wte.weight)
     np.testing.assert_allclose(new.head.weight, 0.5 * params.head.weight, rtol=1e-6)
+
+
+class _NnxNet(nnx.Module):
+    def __init__(self, rngs):
+        self.l1 = nnx.Linear(3, 4, rngs=rngs)
+        self.bn = nnx.BatchNorm(4, rngs=rngs)
+        self.l2 = nnx.Linear(4, 2, rngs=rngs)
+
+    def __call__(self, x):
+        return self.l2(nnx.relu(self.bn(self.l1(x))))
+
+
+def test_nnx_optimizer_with_a_mask_tree_built_on_its_state():
+    """``decay_mask(nnx.state(model, nnx.Param))`` keeps NNX's Param nodes, and nnx.Optimizer
+    hands optax those nodes at init but plain arrays at update: the tree mask now matches both
+    (it failed with optax's structure error at the first update). Oracle: by hand, the kernels
+    scaled by 1 − λ, the biases and BatchNorm's scale/bias untouched (zero gradients)."""
+    model = _NnxNet(nnx.Rngs(0))
+    before = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    mask = decay_mask(nnx.state(model, nnx.Param))
+    tx = optareg.chain(optax.sgd(0.0), optareg.decoupled_weight_decay(0.25, mask=mask))
+    opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    grads = jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param))
+    opt.update(model, grads)
+    after = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    for layer in ("l1", "l2"):
+        np.testing.assert_allclose(after[layer]["kernel"], 0.75 * before[layer]["kernel"], 1e-6)
+        np.testing.assert_array_equal(after[layer]["bias"], before[layer]["bias"])
+    np.testing.assert_array_equal(after["bn"]["scale"], before["bn"]["scale"])
