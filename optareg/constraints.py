@@ -355,8 +355,9 @@ def _project_tree(projection, name, mask, metrics_every):
     The one post-step path (:func:`optareg._poststep.transformation`) hands its operator one leaf
     at a time; a projection onto a set coupling all leaves (an L1 ball over the tree) needs them
     together, so this function forms every ``θ + u`` first, with ``_poststep``'s dtype rule
-    (at least float32, the update cast back to the update's dtype), its checks, state class and
-    metrics schedule, and the same mask wrapper and chain tag.
+    (at least float32, the update cast back to the update's dtype, or θ's where that is wider),
+    its checks, state class and metrics schedule, and the same mask wrapper and chain tag. With
+    no leaf selected the projection is not called (optax's projections fail on an empty tree).
     """
     every = _validation.check_metrics_every(metrics_every)
 
@@ -372,6 +373,8 @@ def _project_tree(projection, name, mask, metrics_every):
         flat_u, flat_p = treedef.flatten_up_to(updates), treedef.flatten_up_to(params)
         paths = _paths.leaf_paths(params, treedef)
         leaves = list(zip(flat_u, flat_p, strict=True))
+        if all(u is None for u, _ in leaves):  # nothing selected (all masked out, or no leaf)
+            return updates, state._replace(count=_counters.increment(state.count))
         dts = [None if u is None else _numerics.compute_dtype(p, u) for u, p in leaves]
         xs = [
             None if u is None else p.astype(dt) + u.astype(dt)
@@ -388,7 +391,9 @@ def _project_tree(projection, name, mask, metrics_every):
             for x, y, where in zip(xs, treedef.flatten_up_to(out), paths, strict=True)
         ]
         new_u = [
-            None if u is None else (y.astype(dt) - p.astype(dt)).astype(u.dtype)
+            None
+            if u is None
+            else (y.astype(dt) - p.astype(dt)).astype(jnp.promote_types(u.dtype, p.dtype))
             for (u, p), y, dt in zip(leaves, ys, dts, strict=True)
         ]
         kept = [(x, y) for x, y in zip(xs, ys, strict=True) if x is not None]

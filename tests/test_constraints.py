@@ -626,3 +626,16 @@ def test_leaves_with_no_entries_pass_through(make):
     u_alone, _ = jax.jit(tx.update)({"w": zero["w"]}, tx.init(alone), alone)
     np.testing.assert_array_equal(u["w"], u_alone["w"])
     assert optareg.spectral_norms(params)["empty"] is None
+
+
+@pytest.mark.parametrize("mask", [{"w": False, "b": False}, None])
+def test_project_with_nothing_selected_passes_through(mask):
+    """All leaves masked out, or an empty tree: the updates pass through and the projection is
+    not called (optax's projection_l1_ball raised an IndexError on the empty tree)."""
+    params = {"w": jnp.array([3.0, 4.0]), "b": jnp.array([1.0])} if mask else {}
+    tx = optareg.project(optax.projections.projection_l1_ball, mask=mask)
+    g = jax.tree.map(lambda x: 0.5 * jnp.ones_like(x), params)
+    u, state = jax.jit(tx.update)(g, tx.init(params), params)
+    for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(g), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert float(optareg.metrics(state)["project/on_boundary"]) == 0.0
