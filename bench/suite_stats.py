@@ -44,7 +44,7 @@ def _track_terms(x, y):
         _i32(z == 0),
         _i32(jnp.isfinite(y)),
         _i32(y != 0),
-        _i32(d == 0),
+        _i32((d == 0) | (y == 0)),
     ]
 
 
