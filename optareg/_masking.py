@@ -65,9 +65,23 @@ def _is_bool_leaf(leaf: Any) -> bool:
 
 
 def check_mask(name: str, mask: Any) -> None:
-    """Validate a mask argument at construction: None, a function, or a pytree of bools."""
+    """Validate a mask argument at construction: None, a function, or a pytree of bools.
+
+    A single bool is refused: ``False`` would switch the transform off and ``True`` is no mask,
+    and the way one arrives unasked is ``optax.inject_hyperparams``, which calls a mask
+    *function* not named in ``static_args`` as a schedule, with the step count, so that
+    ``lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)`` comes back as one ``False``.
+    """
     if mask is None or is_mask_fn(mask):
         return
+    if isinstance(mask, (bool, jnp.bool_)) or (_is_bool_leaf(mask) and jnp.ndim(mask) == 0):
+        raise TypeError(
+            f"`{name}` is a single bool ({bool(mask)}): a mask is a pytree of bools shaped like "
+            "the params (or a prefix of it), or a function returning one; pass None to apply "
+            "to every leaf. Inside `optax.inject_hyperparams`, a mask function must be named in "
+            f"static_args (`inject_hyperparams(tx, static_args=('{name}',))`): otherwise optax "
+            "calls it with the step count and hands the transform its one-bool result."
+        )
     for leaf in jax.tree.leaves(mask):
         if not _is_bool_leaf(leaf):
             raise TypeError(

@@ -473,3 +473,32 @@ def test_nnx_optimizer_with_a_mask_tree_built_on_its_state():
         np.testing.assert_allclose(after[layer]["kernel"], 0.75 * before[layer]["kernel"], 1e-6)
         np.testing.assert_array_equal(after[layer]["bias"], before[layer]["bias"])
     np.testing.assert_array_equal(after["bn"]["scale"], before["bn"]["scale"])
+
+
+@pytest.mark.parametrize(
+    "factory, kwargs",
+    [
+        (optareg.prox_l1, {"l1": 0.5, "learning_rate": 1.0}),
+        (optareg.decoupled_weight_decay, {"weight_decay": 0.5}),
+        (optareg.max_norm, {"max_value": 1.0}),
+    ],
+    ids=["prox_l1", "decoupled_weight_decay", "max_norm"],
+)
+def test_a_hand_written_mask_function_under_inject_hyperparams_is_a_clear_error(factory, kwargs):
+    """optax calls a mask function not named in static_args with the step count; a hand-written
+    one then comes back as a single False, which switched the transform off in silence (the
+    oracle update −0.5 came out 0). Now a TypeError at init naming static_args; named there,
+    the mask works."""
+
+    def mask(p):
+        return jax.tree.map(lambda x: x.ndim >= 2, p)
+
+    params = {"w": jnp.full((2, 2), 2.0), "b": jnp.full((2,), 2.0)}
+    tx = optax.inject_hyperparams(factory)(**kwargs, mask=mask)
+    with pytest.raises(TypeError, match=r"static_args"):
+        tx.init(params)
+    with pytest.raises(TypeError, match=r"single bool"):
+        factory(**kwargs, mask=False)
+    tx = optax.inject_hyperparams(factory, static_args=("mask",))(**kwargs, mask=mask)
+    u, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    assert float(jnp.abs(u["w"]).max()) > 0 and float(jnp.abs(u["b"]).max()) == 0
