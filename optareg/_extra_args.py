@@ -36,7 +36,10 @@ def require_grad_fn(grad_fn: Any, name: str) -> Callable:
             f"{name}: `grad_fn` is missing; it must be a function params -> grads. Call "
             "`tx.update(grads, state, params, "
             "grad_fn=lambda p: jax.grad(loss)(p, batch))`, closing over the same batch (and RNG) "
-            "that gave `grads`; `optax.chain` forwards the keyword."
+            "that gave `grads`; `optax.chain` forwards the keyword. (Flax's "
+            "`TrainState.apply_gradients(grads=..., grad_fn=...)` does not: it passes extra "
+            "keywords to `.replace`; call `state.tx.update(...)` and `optax.apply_updates` "
+            "yourself.)"
         )
     if not callable(grad_fn):
         raise TypeError(f"{name}: `grad_fn` must be a callable params -> grads; got {grad_fn!r}.")
@@ -55,10 +58,17 @@ def call_grad_fn(grad_fn: Callable, params: Any, like: Any, name: str) -> Any:
     if got == want:
         return out
     hint = ""
-    if isinstance(out, tuple) and len(out) == 2 and jax.tree.structure(out[1]) == want:
+    pair = isinstance(out, tuple) and len(out) == 2
+    if pair and jax.tree.structure(out[1], is_leaf=_is_none) == want:
         hint = (
             " It returned a pair that looks like `(loss, grads)`: use `jax.grad`, not "
             "`jax.value_and_grad`, or return `grads` only."
+        )
+    elif pair and jax.tree.structure(out[0], is_leaf=_is_none) == want:
+        hint = (
+            " It returned a pair that looks like `(grads, aux)` (`jax.grad(..., has_aux=True)`, "
+            "e.g. with Haiku state or Flax `mutable=`): return the gradient only, "
+            "`lambda p: jax.grad(loss, has_aux=True)(p, ...)[0]`."
         )
     raise ValueError(
         f"{name}: `grad_fn(params)` must return the gradient: a tree with the same structure as "

@@ -418,6 +418,31 @@ def test_grad_fn_returning_loss_and_grads_is_a_clear_error():
         tx.update(jax.grad(loss)(params), tx.init(params), params, grad_fn=jax.value_and_grad(loss))
 
 
+def test_grad_fn_returning_grads_and_aux_is_a_clear_error():
+    """``jax.grad(..., has_aux=True)`` (Haiku state, Flax ``mutable=``) returns (grads, aux)."""
+    params = to_tree(THETA64, "float32")
+
+    def loss(p):
+        return 0.5 * jnp.sum(to_vec(p) ** 2), {"batch_stats": jnp.zeros(3)}
+
+    grad_fn = jax.grad(loss, has_aux=True)
+    for tx in (
+        optareg.chain(optareg.sam_perturb(0.1), optax.sgd(0.1)),
+        optareg.chain(optareg.sharpness_monitor(num_iters=2), optax.sgd(0.1)),
+    ):
+        with pytest.raises(ValueError, match=r"\(grads, aux\).*has_aux=True\)\(p, \.\.\.\)\[0\]"):
+            tx.update(grad_fn(params)[0], tx.init(params), params, grad_fn=grad_fn)
+
+
+def test_missing_grad_fn_names_flax_train_state():
+    """``TrainState.apply_gradients(grad_fn=...)`` passes it to ``.replace``, so the chain sees
+    no grad_fn: the message says so."""
+    params = to_tree(THETA64, "float32")
+    tx = optareg.chain(optareg.sam_perturb(0.1), optax.sgd(0.1))
+    with pytest.raises(ValueError, match=r"grad_fn. is missing.*TrainState.apply_gradients"):
+        tx.update(params, tx.init(params), params)
+
+
 def test_grad_fn_returning_wrong_structure_is_a_clear_error():
     params = to_tree(THETA64, "float32")
     tx = optareg.sam_perturb(0.1)
