@@ -176,3 +176,23 @@ def check_metrics_every(value: Any) -> Any:
             raise TypeError(f"`metrics_every` must be an integer; got dtype {value.dtype}.")
         value = int(value)
     return check_int("metrics_every", value, low=1)
+
+
+def check_not_a_step_count(params: Any, what: str, argname: str) -> None:
+    """Raise a ``TypeError`` when a function of the params is called with a scalar integer.
+
+    ``optax.inject_hyperparams`` calls every callable argument not named in ``static_args`` as
+    a schedule, with the step count; a mask or penalty function called that way would give a
+    silently wrong result (a mask of all ``False``) or an unrelated error. No parameter tree is
+    one integer scalar, so that is always this mistake.
+    """
+    dtype = getattr(params, "dtype", None)
+    if isinstance(params, int) and not isinstance(params, bool):
+        dtype = jnp.int32
+    if dtype is None or getattr(params, "ndim", 0) != 0 or not jnp.issubdtype(dtype, jnp.integer):
+        return
+    raise TypeError(
+        f"optareg: {what} was called with a scalar integer (an optimizer step count), not with "
+        "the params. `optax.inject_hyperparams` calls every callable argument as a schedule; "
+        f"name it in its static_args: `optax.inject_hyperparams(tx, static_args=('{argname}',))`."
+    )

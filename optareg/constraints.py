@@ -583,7 +583,9 @@ def add_penalty(
     if not callable(penalty):
         raise TypeError(
             "`penalty` must be a callable params -> scalar (e.g. `optareg.penalties.l2`); got "
-            f"{type(penalty).__name__}."
+            f"{type(penalty).__name__}. (Inside `optax.inject_hyperparams`, name it in "
+            "static_args: `inject_hyperparams(optareg.add_penalty, static_args=('penalty',))`; "
+            "otherwise optax calls it as a schedule and passes on the result.)"
         )
     _validation.check_scalar("strength", strength, low=0.0)
     _masking.check_mask("mask", mask)

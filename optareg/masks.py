@@ -43,31 +43,9 @@ _LEAF_ALIASES = {"bias": ("b",)}
 # --------------------------------------------------------------------------------------------
 
 
-def _check_not_a_step_count(params: Any) -> None:
-    """A mask function called on a scalar integer was called as a *schedule*, with the step
-    count: ``optax.inject_hyperparams`` does that to every callable argument not named in
-    ``static_args``, and the resulting all-``False`` mask would silently switch the transform
-    off. No parameter tree is one integer scalar, so this is always that mistake."""
-    dtype = getattr(params, "dtype", None)
-    if isinstance(params, int) and not isinstance(params, bool):
-        dtype = jax.numpy.int32
-    if (
-        dtype is None
-        or getattr(params, "ndim", 0) != 0
-        or not jax.numpy.issubdtype(dtype, jax.numpy.integer)
-    ):
-        return
-    raise TypeError(
-        "optareg.masks: a mask function was called with a scalar integer (an optimizer step "
-        "count), not with the params. `optax.inject_hyperparams` calls every callable argument "
-        "as a schedule; name the mask in its static_args: "
-        "`optax.inject_hyperparams(tx, static_args=('mask',))(..., mask=decay_mask)`."
-    )
-
-
 def _map_with_names(fn: Callable[[tuple[str, ...], Any], Any], params: Any) -> Any:
     """``fn(names, leaf)`` on every array leaf; NNX variables keep their node around the result."""
-    _check_not_a_step_count(params)
+    _validation.check_not_a_step_count(params, "a mask function", "mask")
     var_types = _paths.nnx_variable_types()
 
     def is_var(x):

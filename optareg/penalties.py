@@ -32,6 +32,7 @@ Penalty = Callable[[Any], jax.Array]
 
 
 def _arrays(params: Any) -> list[jax.Array]:
+    _validation.check_not_a_step_count(params, "a penalty function", "penalty")
     return [jnp.asarray(x) for x in jax.tree.leaves(params)]
 
 
@@ -114,6 +115,7 @@ def _as_unit_matrix(x: jax.Array, path: str, layout: str) -> jax.Array:
 
 
 def _orthogonality(params: Any, layout: str, off_diagonal: bool) -> jax.Array:
+    _validation.check_not_a_step_count(params, "a penalty function", "penalty")
     terms = []
     for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
         x = jnp.asarray(x)
@@ -226,6 +228,7 @@ def l2_to(reference: Any) -> Penalty:
     reference = jax.tree.map(jnp.asarray, reference)
 
     def penalty(params):
+        _validation.check_not_a_step_count(params, "a penalty function", "penalty")
         treedef = jax.tree.structure(params, is_leaf=_is_empty_node)
         try:
             refs = treedef.flatten_up_to(reference)

@@ -359,3 +359,29 @@ def test_works_on_equinox_and_nnx_trees():
     opt.update(lin, grads)
     np.testing.assert_allclose(lin.kernel[...], before * (1 - 0.1 * 0.5), rtol=1e-6)
     assert "add_penalty/value" in optareg.metrics(opt.opt_state)
+
+
+@pytest.mark.parametrize(
+    "penalty",
+    [
+        optareg.penalties.l2,
+        optareg.penalties.l1,
+        optareg.penalties.orthogonality,
+        optareg.penalties.l2_to({"w": jnp.zeros(2)}),
+    ],
+    ids=["l2", "l1", "orthogonality", "l2_to"],
+)
+def test_penalty_under_inject_hyperparams_needs_static_args(penalty):
+    """optax calls a callable argument not named in static_args with the step count: every
+    penalty says so (l2_to raised an unrelated AttributeError, l2 a bare 'must be callable').
+    Named in static_args, the logged value is λ·R(θ): 0.1·½·(2² + 2²) = 0.4 for l2."""
+    params = {"w": jnp.full((2,), 2.0)}
+    tx = optax.inject_hyperparams(optareg.add_penalty)(penalty=penalty, strength=0.1)
+    with pytest.raises(TypeError, match=r"static_args=\('penalty',\)"):
+        tx.init(params)
+    tx = optax.inject_hyperparams(optareg.add_penalty, static_args=("penalty",))(
+        penalty=penalty, strength=0.1
+    )
+    _, state = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    value = float(optareg.metrics(state)["add_penalty/value"])
+    assert value == pytest.approx(0.1 * float(penalty(params)), rel=1e-6)
