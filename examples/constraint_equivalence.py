@@ -262,6 +262,9 @@ def main(argv=None):
     parser.add_argument("--out", default=FIGURE, help="figure path")
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args(argv)
+    for flag, value in (("--pgd-steps", args.pgd_steps), ("--mlp-steps", args.mlp_steps)):
+        if value < 1:
+            parser.error(f"{flag} must be at least 1; got {value}")
     t0, c0 = time.perf_counter(), time.process_time()
     radii, w_lasso, w_ball = part1(args.pgd_steps)
     runs = part2(args.hidden, args.mlp_steps, args.lr, args.batch)

@@ -183,6 +183,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error(f"--epochs must be at least 1; got {args.epochs}")
+    if not 0.0 <= args.smoothing < 1.0:
+        parser.error(f"--smoothing must be in [0, 1); got {args.smoothing}")
     t0 = time.perf_counter()
 
     data = load_data(args.seed)

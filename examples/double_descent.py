@@ -196,6 +196,11 @@ def main(argv=None):
     t0 = time.perf_counter()
     X, y = load_data()
     n = args.n_train
+    if not 2 <= n <= len(y) - 2:  # a test set of at least 2 patients
+        parser.error(f"--n-train must be in [2, {len(y) - 2}] (the set has {len(y)}); got {n}")
+    for flag, value in (("--seeds", args.seeds), ("--gd-steps", args.gd_steps)):
+        if value < 1:
+            parser.error(f"{flag} must be at least 1; got {value}")
     rel = [0.125, 0.25, 0.5, 0.75, 0.875, 0.9375, 1.0, 1.0625, 1.125, 1.25, 1.5, 2, 3, 5, 10, 20]
     widths = sorted({max(2, round(r * n)) for r in rel})
     lams = [0.0, 1e-3, args.lam]

@@ -129,7 +129,13 @@ def main(argv=None):
     ap.add_argument("--runs", default=",".join(RUNS), help=f"comma list of {', '.join(RUNS)}")
     ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
-    runs = [RUNS[k.strip()] for k in args.runs.split(",") if k.strip()]
+    if args.steps < 1:
+        ap.error(f"--steps must be at least 1; got {args.steps}")
+    names = [k.strip() for k in args.runs.split(",") if k.strip()]
+    unknown = [k for k in names if k not in RUNS]
+    if unknown or not names:
+        ap.error(f"--runs takes a comma list of {', '.join(RUNS)}; got {args.runs!r}")
+    runs = [RUNS[k] for k in names]
     t0 = time.perf_counter()
 
     train_data, val_data = load_data()

@@ -108,6 +108,8 @@ def main(argv=None):
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.epochs < 1:
+        parser.error(f"--epochs must be at least 1; got {args.epochs}")
     t0 = time.perf_counter()
 
     x_tr, x_va, y_tr, y_va = load_data(args.seed)

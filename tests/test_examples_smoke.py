@@ -250,7 +250,9 @@ def test_lipschitz_mlp_smoke(tmp_path, capsys, monkeypatch):
     acc, bound, emp, *per_layer = _numbers(rows[1][40:])
     assert 0 <= acc <= 1 and len(per_layer) == 3
     assert max(per_layer) <= 1 + 1e-3 and emp <= bound * (1 + 1e-3)  # printed to 3-4 digits
-    assert re.search(r"certificate of the clipped run: .* ≤ 1: True", text)
+    assert re.search(
+        r"certificate of the clipped run: .* ≤ 1 \(\+1e-3 per layer: [\d.]+\): True", text
+    )
     assert f"saved {fig}" in text
 
 
@@ -395,6 +397,12 @@ def test_diagnostics_one_epoch(tmp_path, capsys, monkeypatch):
             "--finetune-steps must be at least 1",
         ),
         ("weight_decay_conventions", ["--steps", "0"], "--steps must be at least 1; got 0"),
+        ("diagnostics", ["--smoothing", "1.0"], "--smoothing must be in [0, 1); got 1.0"),
+        ("quickstart", ["--epochs", "0"], "--epochs must be at least 1; got 0"),
+        ("low_precision", ["--runs", "foo"], "--runs takes a comma list of float32, bf16"),
+        ("low_precision", ["--steps", "0"], "--steps must be at least 1; got 0"),
+        ("constraint_equivalence", ["--mlp-steps", "0"], "--mlp-steps must be at least 1"),
+        ("double_descent", ["--n-train", "500"], "--n-train must be in [2, 440]"),
     ],
 )
 def test_flag_out_of_range_is_a_clear_error(name, argv, message, capsys):
