@@ -229,7 +229,7 @@ def test_group_lasso_pruning_smoke(capsys, monkeypatch, tmp_path):
 
 
 def test_haiku_sam_smoke(capsys, monkeypatch, tmp_path):
-    argv = ["--steps", "3", "--batch", "8"]  # step 0 compiles, the others are timed
+    argv = ["--steps", "3", "--batch", "8"]
     _, _, text, _ = _run("haiku_sam", argv, capsys, monkeypatch, tmp_path)
     rows = _rows_after(text, r"cos\(g,g_out\)")
     assert [r[:12].strip() for r in rows] == ["SGD", "SAM", "LookSAM k=5"]
@@ -390,7 +390,7 @@ def test_diagnostics_one_epoch(tmp_path, capsys, monkeypatch):
     ("name", "argv", "message"),
     [
         ("diagnostics", ["--epochs", "0"], "--epochs must be at least 1; got 0"),
-        ("haiku_sam", ["--steps", "1"], "--steps must be at least 2"),
+        ("haiku_sam", ["--steps", "0"], "--steps must be at least 1; got 0"),
         (
             "weight_decay_conventions",
             ["--finetune-steps", "0"],
