@@ -29,7 +29,7 @@ import optax
 
 from optareg import _chain, _counters, _masking, _numerics, _paths, _validation
 
-__all__ = ["Leaf", "PostStepState", "transformation"]
+__all__ = ["Leaf", "PostStepState", "returned_dtype", "transformation"]
 
 
 class Leaf(NamedTuple):
@@ -105,6 +105,13 @@ def _empty_stats(name: str, keys: Sequence[str]) -> dict[str, jax.Array]:
     return {f"{name}/{k}": jnp.zeros([], jnp.float32) for k in keys}
 
 
+def returned_dtype(u_dtype: Any, p_dtype: Any, update_dtype: str = "update") -> Any:
+    """The dtype of a returned update ``u'``: θ's for ``"param"``, else the update's, or θ's
+    where that is wider (an update narrower than θ, e.g. bf16 updates of float32 params, could
+    not carry ``y − θ`` exactly: the landing would miss ``y`` and its exact zeros)."""
+    return p_dtype if update_dtype == "param" else jnp.promote_types(u_dtype, p_dtype)
+
+
 def _leaf_update(operator, u, p, path, leaf_state, hp, update_dtype, stateful, index, returns):
     """``(u', y, new_leaf_state, leaf)`` for one selected leaf."""
     dt = _numerics.compute_dtype(p, u)
@@ -112,9 +119,7 @@ def _leaf_update(operator, u, p, path, leaf_state, hp, update_dtype, stateful, i
     leaf = Leaf(theta + step, theta, step, path, leaf_state, p, index)
     out = operator(leaf, **hp)
     y, new_state = out if stateful else (out, leaf_state)
-    # an update narrower than θ (bf16 updates of float32 params) could not carry y − θ
-    # exactly: the landing would miss y (and exact zeros); it is returned in θ's dtype then
-    target = p.dtype if update_dtype == "param" else jnp.promote_types(u.dtype, p.dtype)
+    target = returned_dtype(u.dtype, p.dtype, update_dtype)
     if returns == "update":  # the operator chose u' itself (e.g. so that θ + u' is exact)
         new_u = y.astype(target)
     else:

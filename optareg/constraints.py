@@ -393,7 +393,7 @@ def _project_tree(projection, name, mask, metrics_every):
         new_u = [
             None
             if u is None
-            else (y.astype(dt) - p.astype(dt)).astype(jnp.promote_types(u.dtype, p.dtype))
+            else (y.astype(dt) - p.astype(dt)).astype(_poststep.returned_dtype(u.dtype, p.dtype))
             for (u, p), y, dt in zip(leaves, ys, dts, strict=True)
         ]
         kept = [(x, y) for x, y in zip(xs, ys, strict=True) if x is not None]
