@@ -86,8 +86,15 @@ def _injected_kind(cells: dict[str, Any]) -> tuple[tuple[str, str], ...] | None:
 
 
 # optax wrappers after which a post-step transform would run on calls the wrapper skips
-_SKIPPING = {"MultiSteps": "optax.MultiSteps", "apply_if_finite": "optax.apply_if_finite"}
 _SKIPPED = {"optax.MultiSteps": "every micro-batch", "optax.apply_if_finite": "every skipped step"}
+
+
+def _tag_of(init: Any) -> tuple[str, str, tuple] | None:
+    """The tag recorded for the transform whose ``init`` this is (None: not optareg's)."""
+    try:
+        return _TAGS.get(init)
+    except TypeError:  # an init that cannot be weakly referenced was never tagged
+        return None
 
 
 def _entries_of_init(init: Any, label: str) -> tuple[tuple[str, str], ...]:
@@ -95,7 +102,7 @@ def _entries_of_init(init: Any, label: str) -> tuple[tuple[str, str], ...]:
     what optax's ``chain`` / ``named_chain`` / ``masked`` / ``inject_hyperparams`` wrap (so a
     wrapped prox is still a prox); ``MultiSteps`` and ``apply_if_finite`` are ``"skipping"``
     optimizers; anything else is part of the optimizer."""
-    info = _TAGS.get(init) if _weakrefable(init) else None
+    info = _tag_of(init)
     if info is not None:
         kind, name, inner = info
         if kind == "chain":
@@ -103,11 +110,11 @@ def _entries_of_init(init: Any, label: str) -> tuple[tuple[str, str], ...]:
         return (("complete" if kind == "optimizer" else kind, name),)  # a tagged optimizer
     owner = getattr(init, "__self__", None)
     if isinstance(owner, optax.MultiSteps):
-        return (("skipping", _SKIPPING["MultiSteps"]),)
+        return (("skipping", "optax.MultiSteps"),)
     outer = getattr(init, "__qualname__", "").split(".<locals>")[0]
     cells = _cells(init)
     if outer == "apply_if_finite":
-        return (("skipping", _SKIPPING["apply_if_finite"]),)
+        return (("skipping", "optax.apply_if_finite"),)
     if outer == "chain" and "init_fns" in cells:
         return tuple(e for fn in cells["init_fns"] for e in _entries_of_init(fn, label))
     if outer == "named_chain" and "transforms" in cells:
@@ -121,14 +128,6 @@ def _entries_of_init(init: Any, label: str) -> tuple[tuple[str, str], ...]:
     return (("optimizer", label),)
 
 
-def _weakrefable(fn: Any) -> bool:
-    try:
-        weakref.ref(fn)
-    except TypeError:
-        return False
-    return True
-
-
 def _entries(tx: Any) -> tuple[tuple[str, str], ...]:
     """The (kind, name) sequence of ``tx``: one entry, or the flattened entries of a chain."""
     if not hasattr(tx, "init"):
@@ -138,7 +137,7 @@ def _entries(tx: Any) -> tuple[tuple[str, str], ...]:
 
 def kind_of(tx: Any) -> str:
     """The kind of an optareg transform (``"optimizer"`` for anything untagged)."""
-    info = _TAGS.get(getattr(tx, "init", None)) if hasattr(tx, "init") else None
+    info = _tag_of(tx.init) if hasattr(tx, "init") else None
     return "optimizer" if info is None else info[0]
 
 

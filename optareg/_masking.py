@@ -74,7 +74,7 @@ def check_mask(name: str, mask: Any) -> None:
     """
     if mask is None or is_mask_fn(mask):
         return
-    if isinstance(mask, (bool, jnp.bool_)) or (_is_bool_leaf(mask) and jnp.ndim(mask) == 0):
+    if _is_bool_leaf(mask) and jnp.ndim(mask) == 0:
         raise TypeError(
             f"`{name}` is a single bool ({bool(mask)}): a mask is a pytree of bools shaped like "
             "the params (or a prefix of it), or a function returning one; pass None to apply "
