@@ -13,11 +13,22 @@ jit-compiles and runs unchanged on CPU, GPU, TPU and sharded meshes. The kinds:
 * final (the very last): :func:`low_precision_updates`, so that bfloat16 / float16
   parameters take every step (Kahan or stochastic rounding).
 
+Parameter averages (:func:`ema_params`, :func:`swa`, read with :func:`averaged_params`) go
+after everything else; :func:`weight_decay_for_timescale` sets AdamW's decay by its timescale.
 Diagnostics (:func:`track`, :func:`metrics`) and :func:`early_stopping` make them visible.
 """
 
 from optareg import masks, operators, penalties
 from optareg._chain import chain
+from optareg.averaging import (
+    AveragingState,
+    averaged_params,
+    decay_timescale,
+    ema_params,
+    recompute_batch_stats,
+    swa,
+    weight_decay_for_timescale,
+)
 from optareg.constraints import (
     AddPenaltyState,
     add_penalty,
@@ -54,6 +65,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AddDecayedWeightsState",
     "AddPenaltyState",
+    "AveragingState",
     "DecoupledWeightDecayState",
     "EarlyStopping",
     "EarlyStoppingState",
@@ -65,10 +77,13 @@ __all__ = [
     "TrackState",
     "add_decayed_weights",
     "add_penalty",
+    "averaged_params",
     "chain",
     "decay_schedule",
+    "decay_timescale",
     "decoupled_weight_decay",
     "early_stopping",
+    "ema_params",
     "hessian_top_eigenvalue",
     "low_precision_updates",
     "masks",
@@ -84,10 +99,13 @@ __all__ = [
     "prox_group_lasso",
     "prox_l1",
     "prox_nuclear",
+    "recompute_batch_stats",
     "sam_perturb",
     "sharpness_monitor",
     "spectral_clip",
     "spectral_norms",
+    "swa",
     "track",
     "unit_norm",
+    "weight_decay_for_timescale",
 ]

@@ -8,7 +8,11 @@ Every optareg factory tags the transform it returns with its *kind* (see :func:`
   learning-rate scaling, so before every post-step transform;
 * ``"post_step"``: returns ``P(θ + u) − θ`` (``prox_*``, ``decoupled_weight_decay``,
   ``spectral_clip``, the constraints); goes **last**, after the optimizer;
-* ``"final"``: ``low_precision_updates``; the very last non-diagnostic transform;
+* ``"final"``: ``low_precision_updates``; the last transform that changes the update (only
+  averaging transforms and diagnostics follow it);
+* ``"averaging"``: pass-through parameter averages (``ema_params``, ``swa``); after everything
+  else, ``low_precision_updates`` included, since they average the parameters actually landed
+  on (only other averaging transforms and diagnostics may follow them);
 * ``"optimizer"``: a complete optimizer that needs no other (``prox_adam``);
 * ``"diagnostic"``: pass-through (``track``); anywhere.
 
@@ -26,7 +30,7 @@ import optax
 
 __all__ = ["KINDS", "chain", "kind_of", "tag"]
 
-KINDS = ("extra_args", "gradient", "post_step", "final", "optimizer", "diagnostic")
+KINDS = ("extra_args", "gradient", "post_step", "final", "averaging", "optimizer", "diagnostic")
 
 _TAGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -34,7 +38,11 @@ _WHERE = {
     "extra_args": "first in the chain, before the optimizer (it must see the raw gradient)",
     "gradient": "before the optimizer's learning-rate scaling, before every post-step transform",
     "post_step": "after the optimizer (post-step transforms go last)",
-    "final": "last in the chain (only diagnostics may follow it)",
+    "final": "last in the chain (only averaging transforms and diagnostics may follow it)",
+    "averaging": (
+        "last, after the optimizer, the post-step transforms and low_precision_updates (it "
+        "averages the parameters the full update lands on; only diagnostics may follow it)"
+    ),
     "complete": (
         "after every other optimizer transform: it is a complete optimizer, so only post-step "
         "transforms, low_precision_updates and diagnostics may follow it"
@@ -151,15 +159,17 @@ def _misplaced(kind: str, name: str, before: list, after: list) -> tuple[str, st
         return "it comes after a post-step transform", _WHERE[kind]
     if kind == "post_step" and any(k in _OPTIMIZERS for k in kinds_after):
         return "an optimizer comes after it", _WHERE[kind]
-    if kind == "post_step" and "skipping" in kinds_before:
+    if kind in ("post_step", "averaging") and "skipping" in kinds_before:
         wrapper = next(n for k, n in before if k == "skipping")
         return (
             f"it comes after {wrapper}, so it also runs on {_SKIPPED[wrapper]} (the calls that "
             "wrapper turns into a zero update), and its schedule counts them",
             f"inside the wrapper, after the optimizer: {wrapper}(optareg.chain(opt, {name}), ...)",
         )
-    if kind == "final" and after:
+    if kind == "final" and any(k != "averaging" for k in kinds_after):
         return "another non-diagnostic transform comes after it", _WHERE[kind]
+    if kind == "averaging" and any(k != "averaging" for k in kinds_after):
+        return "a transform that changes the update comes after it", _WHERE[kind]
     if kind == "complete" and any(k in _OPTIMIZERS for k in kinds_after):
         return "another optimizer transform comes after it", _WHERE[kind]
     return None
@@ -183,7 +193,8 @@ def _check_order(entries: list[tuple[int, str, str]]) -> None:
                 f"{where}. Order: extra-args (sam_perturb) first, then gradient-side "
                 "transforms and the optimizer, then post-step transforms (prox_*, "
                 "decoupled_weight_decay, spectral_clip, constraints), then "
-                "low_precision_updates; diagnostics (track) anywhere."
+                "low_precision_updates, then averaging (ema_params, swa); diagnostics (track) "
+                "anywhere."
             )
 
 
@@ -192,7 +203,8 @@ def chain(*transforms: Any) -> optax.GradientTransformationExtraArgs:
 
     The result is exactly ``optax.chain(*transforms)``; before building it, the kinds of the
     optareg transforms in it are checked against the order extra-args → gradient-side /
-    optimizer → post-step → ``low_precision_updates``, with diagnostics allowed anywhere.
+    optimizer → post-step → ``low_precision_updates`` → averaging (``ema_params``, ``swa``),
+    with diagnostics allowed anywhere.
     Transforms that optareg did not make count as the optimizer. The check sees through nested
     :func:`chain` and ``optax.chain`` / ``optax.named_chain`` results, ``optax.masked`` and
     ``optax.inject_hyperparams`` (a wrapped prox is still a prox). A misplaced transform is a
@@ -205,7 +217,9 @@ def chain(*transforms: Any) -> optax.GradientTransformationExtraArgs:
       prox would run on every call, each micro-batch or skipped step included; it belongs
       inside, ``MultiSteps(chain(opt, prox_l1(...)), k)``;
     * ``chain(prox_adam(...), sgd(lr))``: ``prox_adam`` is a complete optimizer, and a further
-      optimizer after it loses its exact zeros.
+      optimizer after it loses its exact zeros;
+    * ``chain(ema_params(), adam(lr))`` or ``chain(opt, ema_params(), low_precision_updates())``:
+      an average of parameters the final update does not land on.
 
     Not caught, since an optax optimizer and its pieces look alike from outside:
     ``add_decayed_weights`` after a *complete* optimizer (``chain(sgd(lr),

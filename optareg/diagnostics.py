@@ -48,6 +48,13 @@ def _as_array(value: Any) -> jax.Array:
     return jnp.asarray(value)
 
 
+def find_nodes(opt_state: Any, is_node: Any) -> list[Any]:
+    """The nodes of ``opt_state`` for which ``is_node`` holds, in tree order: the one walker over
+    optimizer states (chains, wrappers, NNX ``opt_state``), used by :func:`metrics` and by
+    :func:`optareg.averaged_params`."""
+    return [x for x in jax.tree.leaves(opt_state, is_leaf=is_node) if is_node(x)]
+
+
 def metrics(opt_state: Any) -> dict[str, jax.Array]:
     """Every metric recorded by optareg transforms anywhere in an optimizer state, as a flat dict.
 
@@ -71,9 +78,7 @@ def metrics(opt_state: Any) -> dict[str, jax.Array]:
       {}
     """
     out: dict[str, jax.Array] = {}
-    for node in jax.tree.leaves(opt_state, is_leaf=_has_metrics):
-        if not _has_metrics(node):
-            continue
+    for node in find_nodes(opt_state, _has_metrics):
         for key, value in node.optareg_metrics().items():
             final, k = key, 1
             while final in out:

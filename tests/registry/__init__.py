@@ -6,6 +6,7 @@ variant whose code path differs (mask, schedule, method ...).
 """
 
 from registry._entry import Entry
+from registry.averaging import ENTRIES as _AVERAGING
 from registry.constraints import ENTRIES as _CONSTRAINTS
 from registry.decay import ENTRIES as _DECAY
 from registry.diagnostics import ENTRIES as _DIAGNOSTICS
@@ -23,7 +24,8 @@ ENTRIES: list[Entry] = [
     *_SPECTRAL,
     *_CONSTRAINTS,
     *_DIAGNOSTICS,
-    *_LOW_PRECISION,  # last: low_precision_updates goes last in a chain
+    *_LOW_PRECISION,  # low_precision_updates: the last transform that changes the update
+    *_AVERAGING,  # last: the averages see the final update (pass-through, after everything)
 ]
 
 __all__ = ["ENTRIES", "Entry"]
