@@ -121,13 +121,29 @@ def _landed(p: jax.Array, u: jax.Array) -> jax.Array:
     return _numerics.rounded_to(jnp.asarray(p + u).astype(dt), p.dtype)
 
 
+_DOWN = 2.0**-100  # exact power-of-two rescaling (as in track): squares of float32 values fit
+
+
+def _sums_of_squares(pairs: list) -> tuple[jax.Array, jax.Array]:
+    """``(Σ‖ā − θ‖², Σ‖θ‖²)``, from the sums scaled by 2⁻²⁰⁰ where a plain one overflows (the
+    ratio is the same; the scale is a runtime value, so that XLA cannot fold it to 0)."""
+    dt = pairs[0][1].dtype
+    down = jax.lax.optimization_barrier(jnp.asarray(_DOWN, dt))
+
+    def total(xs, scale):
+        return sum(jnp.sum(jnp.square(x * scale)) for x in xs)
+
+    diffs, thetas = [a - t for a, t in pairs], [t for _, t in pairs]
+    num, den = total(diffs, 1), total(thetas, 1)
+    big = jnp.isinf(num) | jnp.isinf(den)
+    return jnp.where(big, total(diffs, down), num), jnp.where(big, total(thetas, down), den)
+
+
 def _distance_ratio(averages: list, thetas: list) -> jax.Array:
-    """``‖ā − θ‖ / ‖θ‖`` over the leaves (0 where ``‖θ‖ = 0``), float32."""
+    """``‖ā − θ‖ / ‖θ‖`` over the leaves (0 where ``‖θ‖ = 0``), float32, overflow-safe."""
     if not averages:
         return jnp.zeros([], jnp.float32)
-    pairs = list(zip(averages, thetas, strict=True))
-    num = sum(jnp.sum(jnp.square(a - t)) for a, t in pairs)
-    den = sum(jnp.sum(jnp.square(t)) for _, t in pairs)
+    num, den = _sums_of_squares(list(zip(averages, thetas, strict=True)))
     ratio = jnp.sqrt(num) / jnp.sqrt(jnp.where(den == 0, 1, den))
     return jnp.where(den == 0, 0, ratio).astype(jnp.float32)
 

@@ -2,9 +2,8 @@
 
 They go after everything else in a chain, ``low_precision_updates`` included (they average the
 parameters the final update lands on), hence ``position="last"`` and their place after the
-low-precision family in the registry. One entry per code path: the debiased EMA (constant β, its
-injected form), the plain EMA with a start / period (the ``jnp.where`` of the non-averaging
-steps) and an explicit dtype, a timescale schedule (the running product) with a mask, and SWA.
+low-precision family in the registry. Three entries cover the code paths: the debiased EMA
+(constant β, its injected form), one EMA with every variant, and SWA.
 """
 
 import optax
@@ -19,20 +18,21 @@ _NORMS = 1e-5
 
 ENTRIES: list[Entry] = [
     Entry("ema_params", optareg.ema_params, {"decay": 0.9}, inject=("decay",), atol=_NORMS),
+    # every other code path in one entry: no debias, a start and period (the jnp.where of the
+    # non-averaging steps), a timescale schedule (the running product), a mask, a dtype, and
+    # the metric behind a lax.cond
     Entry(
-        "ema_params-nodebias-every",
-        optareg.ema_params,
-        {"decay": 0.8, "debias": False, "start_step": 1, "every": 2, "dtype": "float32"},
-        atol=_NORMS,
-    ),
-    Entry(
-        "ema_params-schedule-mask",
+        "ema_params-variants",
         optareg.ema_params,
         {
             "timescale": optax.linear_schedule(2.0, 10.0, 4),
+            "debias": False,
+            "start_step": 1,
+            "every": 2,
+            "dtype": "float32",
             "mask": _MASK,
             "metrics_every": 2,
-            "name": "ema_sched",
+            "name": "ema_variants",
         },
         atol=_NORMS,
     ),
