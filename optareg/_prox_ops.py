@@ -12,6 +12,7 @@ import operator
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 __all__ = [
     "elastic_net_threshold",
@@ -47,7 +48,7 @@ def _param(t, dtype):
     return jnp.asarray(t).astype(dtype)
 
 
-def soft_threshold(x: jax.Array, tau) -> jax.Array:
+def soft_threshold(x: jax.Array, tau: ArrayLike) -> jax.Array:
     r"""Soft thresholding, the proximal map of ``τ‖·‖₁``: ``sign(x)·max(|x| − τ, 0)``.
 
     .. math::
@@ -84,7 +85,7 @@ def soft_threshold(x: jax.Array, tau) -> jax.Array:
     return jnp.where(jnp.abs(x) <= tau, jnp.zeros_like(x), x - jnp.clip(x, -tau, tau))
 
 
-def elastic_net_threshold(x: jax.Array, tau_l1, tau_l2) -> jax.Array:
+def elastic_net_threshold(x: jax.Array, tau_l1: ArrayLike, tau_l2: ArrayLike) -> jax.Array:
     r"""Proximal map of ``τ₁‖·‖₁ + (τ₂/2)‖·‖²``: ``soft_threshold(x, τ₁) / (1 + τ₂)``.
 
     .. math::
@@ -127,7 +128,7 @@ def _normalize_axis(axis, ndim: int) -> int:
     return axis % ndim
 
 
-def group_soft_threshold(x: jax.Array, tau, axis: int = -1) -> jax.Array:
+def group_soft_threshold(x: jax.Array, tau: ArrayLike, axis: int = -1) -> jax.Array:
     r"""Group soft thresholding, the proximal map of ``τ·Σ_g √|g|·‖x_g‖``.
 
     .. math::
@@ -187,7 +188,7 @@ def _group_shrink(x: jax.Array, tau, axis: int):
     return keep, scale, norm
 
 
-def group_norms_after_threshold(x: jax.Array, tau, axis: int = -1) -> jax.Array:
+def group_norms_after_threshold(x: jax.Array, tau: ArrayLike, axis: int = -1) -> jax.Array:
     r"""``Σ_g √|g|·‖y_g‖`` for ``y = group_soft_threshold(x, τ, axis)``, without forming ``y``.
 
     ``‖y_g‖ = max(1 − τ√|g|/‖x_g‖, 0)·‖x_g‖`` from the group norms of ``x`` (the group-lasso
@@ -261,7 +262,7 @@ def _svt_jvp(primals, tangents):
     return y, dy
 
 
-def singular_value_threshold(x: jax.Array, tau) -> jax.Array:
+def singular_value_threshold(x: jax.Array, tau: ArrayLike) -> jax.Array:
     r"""Singular value thresholding, the proximal map of the nuclear norm ``τ‖·‖_*``.
 
     .. math::

@@ -15,6 +15,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from optareg._numerics import compute_dtype, div_by_scale, matrix_transpose, max_abs_scale
 
@@ -220,7 +221,9 @@ def clip_newton_schulz(x: jax.Array, c, steps: int) -> jax.Array:
     return jnp.where(inside, x, y * a)
 
 
-def spectral_clip_matrix(x: jax.Array, c=1.0, method: str = "exact", *, ns_steps: int = 8):
+def spectral_clip_matrix(
+    x: jax.Array, c: ArrayLike = 1.0, method: str = "exact", *, ns_steps: int = 8
+) -> jax.Array:
     r"""Euclidean projection onto the spectral-norm ball ``{W : ‖W‖₂ ≤ c}``.
 
     For ``x = U Σ Vᵀ`` the projection (in Frobenius norm) is ``U min(Σ, c) Vᵀ``: every singular

@@ -20,9 +20,7 @@ a precomputed tree when the tree optax sees may differ in form from the one you 
 
 from __future__ import annotations
 
-import functools
 import re
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,10 +30,7 @@ from optareg import _paths, _validation
 
 __all__ = ["by_path", "decay_mask", "path_names"]
 
-DEFAULT_EXCLUDE = ("bias", "scale", "norm", "ln", "embedding")
-
-# Names that stand for an exclude name when they are the *leaf's own* name (last component).
-_LEAF_ALIASES = {"bias": ("b",)}
+DEFAULT_EXCLUDE = _paths.DEFAULT_EXCLUDE
 
 
 # --------------------------------------------------------------------------------------------
@@ -60,33 +55,6 @@ def _map_with_names(fn: Callable[[tuple[str, ...], Any], Any], params: Any) -> A
     return jax.tree_util.tree_map_with_path(outer, params, is_leaf=is_var)
 
 
-def _equinox_owners(params: Any) -> dict[tuple[str, ...], str]:
-    """For an Equinox module tree: the path of every submodule that Equinox itself defines
-    (``eqx.nn.Embedding``, ``eqx.nn.LayerNorm`` ...) → its class name; empty otherwise.
-
-    Such a module's arrays are named like any other (``weight``), so the class name is the
-    only sign that a ``weight`` is an embedding table or a norm's scale.
-    """
-    eqx = sys.modules.get("equinox")
-    if eqx is None or not isinstance(params, eqx.Module):
-        return {}
-    owners: dict[tuple[str, ...], str] = {}
-
-    def walk(node: Any, prefix: tuple[str, ...]) -> None:
-        if type(node).__module__.split(".")[0] == "equinox":
-            owners[prefix] = type(node).__name__
-
-        def is_child(x):
-            return x is not node and isinstance(x, eqx.Module)
-
-        for path, child in jax.tree_util.tree_flatten_with_path(node, is_leaf=is_child)[0]:
-            if is_child(child):
-                walk(child, prefix + tuple(_paths.key_name(k) for k in path))
-
-    walk(params, ())
-    return owners
-
-
 def path_names(params: Any) -> Any:
     """The ``"a/b/c"`` path string of every leaf, as a tree shaped like ``params``.
 
@@ -104,37 +72,6 @@ def path_names(params: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 # name matching
 # --------------------------------------------------------------------------------------------
-
-_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
-_SPLIT = re.compile(r"[^a-z0-9]+")
-
-
-@functools.lru_cache(maxsize=4096)
-def _tokens(component: str) -> tuple[str, ...]:
-    """Lower-case tokens of one path component: split on non-alphanumerics and camelCase."""
-    return tuple(t for t in _SPLIT.split(_CAMEL.sub("_", component).lower()) if t)
-
-
-def _token_matches(token: str, name: str) -> bool:
-    stem = token.rstrip("0123456789") or token
-    if name in (token, stem):  # "bias", "ln_1" -> "ln", "norm2" -> "norm"
-        return True
-    if stem in (name + "s", name + "es"):  # plural: "embeddings", "biases"
-        return True
-    # compound word ending in a long-enough name: "layernorm", "rmsnorm", "groupnorm"
-    return len(name) >= 4 and stem.endswith(name)
-
-
-def _excluded(names: tuple[str, ...], exclude: tuple[str, ...]) -> bool:
-    for i, comp in enumerate(names):
-        toks = _tokens(comp)
-        last = i == len(names) - 1
-        for name in exclude:
-            if any(_token_matches(t, name) for t in toks):
-                return True
-            if last and comp.lower() in _LEAF_ALIASES.get(name, ()):
-                return True
-    return False
 
 
 def _compile(pattern: Any, argname: str) -> tuple[re.Pattern, ...]:
@@ -165,6 +102,7 @@ def decay_mask(
     *,
     exclude: str | Sequence[str] = DEFAULT_EXCLUDE,
     min_ndim: int | None = 2,
+    stack_axes: Any = None,
     stacked: str | Sequence[str] | None = None,
 ) -> Any:
     r"""The usual weight-decay mask: ``True`` on kernels / weight matrices, ``False`` elsewhere.
@@ -172,8 +110,8 @@ def decay_mask(
     A leaf is decayed (``True``) iff **both**
 
     1. *no path component matches a name in* ``exclude``, and
-    2. *its rank is at least* ``min_ndim`` (rank without the leading layer axis for leaves
-       under a ``stacked`` path).
+    2. *its per-layer rank is at least* ``min_ndim`` (its rank without its ``stack_axes``
+       leading layer axes).
 
     **Name matching.** Every component of the leaf's path (module names *and* the leaf's own
     name) is split into lower-case tokens at non-alphanumeric characters and camelCase
@@ -198,9 +136,14 @@ def decay_mask(
     scanned layers (``nn.scan``, ``nnx.vmap``, ``hk.layer_stack``, ``eqx.filter_vmap``), where a
     bias has shape ``(L, d)``: it is the name rule that excludes such biases and norm scales, and
     it does not depend on rank. For leaves whose names say nothing (e.g. a custom ``"gain"``
-    vector), name the stacked subtrees with ``stacked`` (regexes over the ``"a/b/c"`` path, as in
-    :func:`by_path`): their rank is counted without the leading layer axis. ``min_ndim=None`` or
-    ``0`` disables the rank rule.
+    vector), say how many leading axes are layer axes with ``stack_axes`` (the keyword every
+    grouping transform takes, with the same meaning: an int, a pytree prefix of ints / ``None``,
+    or a callable ``(path, leaf) -> int | None``; see :mod:`optareg._paths`): the rank is
+    counted without them. ``stacked`` (regexes over the ``"a/b/c"`` path, as in
+    :func:`by_path`) is an alias of the callable ``stack_axes`` that gives the matching leaves
+    one layer axis. ``min_ndim=None`` or ``0`` disables the rank rule. The same name and rank
+    rules decide, without a mask, which leaves the grouping transforms (``max_norm``,
+    ``prox_group_lasso``, ``spectral_clip`` ...) treat as weight matrices.
 
     Use it directly as ``mask=optareg.masks.decay_mask`` (a function of the params, applied to
     the tree optax sees), or with other options through ``functools.partial``.
@@ -209,8 +152,11 @@ def decay_mask(
       params: the parameter pytree (Flax linen dict, NNX ``State``, Haiku dict, Equinox module
         filtered to arrays, or any pytree).
       exclude: names (or one name) whose presence in a path excludes the leaf; ``()`` for none.
-      min_ndim: the minimum rank of a decayed leaf (``None`` or ``0``: no rank rule).
-      stacked: regex or list of regexes of paths whose leaves carry a leading layer axis.
+      min_ndim: the minimum per-layer rank of a decayed leaf (``None`` or ``0``: no rank rule).
+      stack_axes: leading layer axes per leaf: ``None`` (none), an int ``>= 0``, a pytree
+        prefix of the params with int / ``None`` leaves, or a callable ``(path, leaf) -> int``.
+      stacked: alias: regex or list of regexes of paths whose leaves carry one leading layer
+        axis (``stack_axes=lambda path, _: 1 if re.search(stacked, path) else 0``).
 
     Returns:
       A pytree of Python bools with the structure of ``params`` (NNX variable nodes kept).
@@ -222,6 +168,12 @@ def decay_mask(
       >>> decay_mask(params)  # doctest: +NORMALIZE_WHITESPACE
       {'Dense_0': {'bias': False, 'kernel': True}, 'LayerNorm_0': {'scale': False},
        'ln_f': {'w': False}}
+      >>> stack = {"mlp": {"kernel": jnp.ones((2, 3, 4)), "gain": jnp.ones((2, 4))}}  # 2 layers
+      >>> decay_mask(stack, stack_axes=1)
+      {'mlp': {'gain': False, 'kernel': True}}
+
+    Raises:
+      ValueError: a bad ``stack_axes``, both ``stack_axes`` and ``stacked``, a bad regex.
     """
     if isinstance(exclude, str):
         exclude = (exclude,)
@@ -232,23 +184,42 @@ def decay_mask(
     exclude = tuple(e.lower() for e in exclude)
     if min_ndim is not None:
         min_ndim = _validation.check_int("min_ndim", min_ndim, low=0)
-    stacked_pats = () if stacked is None else _compile(stacked, "stacked")
-
-    owners = _equinox_owners(params)
+    stack_axes = _stack_axes(stacked, stack_axes)
+    owners = _paths.equinox_owners(params)
+    stacks = _stacks_by_path(stack_axes, params)
 
     def leaf(names, x):
-        owner = owners.get(names[:-1])  # the Equinox module holding this array, if any
-        if _excluded(names if owner is None else (*names[:-1], owner, names[-1]), exclude):
+        if _paths.excluded(_paths.named(names, owners), exclude):
             return False
         if not min_ndim:
             return True
-        ndim = len(getattr(x, "shape", ()))
-        path = "/".join(names)
-        if stacked_pats and any(p.search(path) for p in stacked_pats):
-            ndim -= 1
-        return ndim >= min_ndim
+        return len(getattr(x, "shape", ())) - stacks.get("/".join(names), 0) >= min_ndim
 
     return _map_with_names(leaf, params)
+
+
+def _stacks_by_path(stack_axes: Any, params: Any) -> dict[str, int]:
+    paths, stacks = _paths.leaf_paths(params), _paths.stack_axes_of(stack_axes, params)
+    return dict(zip(paths, stacks, strict=True))
+
+
+def _stack_axes(stacked: Any, stack_axes: Any) -> Any:
+    """``stack_axes``, or the callable that the ``stacked=`` regexes stand for (an alias)."""
+    stack_axes = _paths.check_stack_axes(stack_axes)
+    if stacked is None:
+        return stack_axes
+    if stack_axes is not None:
+        raise ValueError(
+            "decay_mask: give `stack_axes` or its alias `stacked` (regexes of paths with one "
+            "leading layer axis), not both."
+        )
+    pats = _compile(stacked, "stacked")
+
+    def one_if_stacked(path: str, leaf: Any) -> int:
+        del leaf
+        return int(any(p.search(path) for p in pats))
+
+    return one_if_stacked
 
 
 def by_path(pattern: str | Sequence[str]) -> Callable[[Any], Any]:
