@@ -28,6 +28,8 @@ from typing import Any
 
 import optax
 
+from optareg import _validation
+
 __all__ = ["KINDS", "chain", "kind_of", "tag"]
 
 KINDS = ("extra_args", "gradient", "post_step", "final", "averaging", "optimizer", "diagnostic")
@@ -47,7 +49,11 @@ _WHERE = {
         "after every other optimizer transform: it is a complete optimizer, so only post-step "
         "transforms, low_precision_updates and diagnostics may follow it"
     ),
+    "diagnostic": "anywhere (it passes the updates through)",
 }
+
+# kind by transform name, recorded by `tag`, for the missing-params error (`where_of`)
+_KIND_OF_NAME: dict[str, str] = {}
 
 # entry kinds that make (part of) the optimizer: untagged transforms, a tagged complete
 # optimizer (prox_adam), and the optax wrappers that skip calls (MultiSteps, apply_if_finite)
@@ -58,11 +64,19 @@ def tag(tx: Any, kind: str, name: str) -> Any:
     """Record ``tx``'s kind and name for :func:`chain`; returns ``tx`` itself."""
     if kind not in KINDS:  # pragma: no cover - a programming error in optareg itself
         raise ValueError(f"unknown kind {kind!r}")
+    _KIND_OF_NAME[name] = "complete" if kind == "optimizer" else kind
     try:
         _TAGS[tx.init] = (kind, name, ())
     except TypeError:  # pragma: no cover - an init that cannot be weakly referenced
         pass
     return tx
+
+
+def where_of(name: str) -> str | None:
+    """Where the transform called ``name`` goes in a chain (None for an unknown name); a
+    ``track(name=...)`` is a diagnostic."""
+    kind = "diagnostic" if name.startswith("track(") else _KIND_OF_NAME.get(name)
+    return _WHERE.get(kind)
 
 
 def _cells(fn: Any) -> dict[str, Any]:
@@ -201,8 +215,9 @@ def _check_order(entries: list[tuple[int, str, str]]) -> None:
 def chain(*transforms: Any) -> optax.GradientTransformationExtraArgs:
     """``optax.chain`` that checks where every optareg transform sits.
 
-    The result is exactly ``optax.chain(*transforms)``; before building it, the kinds of the
-    optareg transforms in it are checked against the order extra-args → gradient-side /
+    The result is ``optax.chain(*transforms)`` (whose ``update`` without ``params`` raises the
+    error of the first optareg transform in it, naming where it goes); before building it, the
+    kinds of the optareg transforms in it are checked against the order extra-args → gradient-side /
     optimizer → post-step → ``low_precision_updates`` → averaging (``ema_params``, ``swa``),
     with diagnostics allowed anywhere.
     Transforms that optareg did not make count as the optimizer. The check sees through nested
@@ -245,9 +260,28 @@ def chain(*transforms: Any) -> optax.GradientTransformationExtraArgs:
     """
     entries = [(i, k, n) for i, tx in enumerate(transforms) for k, n in _entries(tx)]
     _check_order(entries)
-    out = optax.chain(*transforms)
+    out = _params_first(optax.chain(*transforms), [(k, n) for _, k, n in entries])
     try:
         _TAGS[out.init] = ("chain", "chain", tuple((k, n) for _, k, n in entries))
     except TypeError:  # pragma: no cover
         pass
     return out
+
+
+def _params_first(tx: Any, entries: list[tuple[str, str]]) -> Any:
+    """``tx`` whose ``update`` without ``params`` raises the error of the first optareg
+    transform in it (its name and where it goes), before any optax transform raises its
+    generic one (``optax.adamw``'s decay, ``optax.masked`` with a mask function)."""
+    ours = [(k, n) for k, n in entries if k not in ("optimizer", "skipping")]  # optareg's
+    if not ours:
+        return tx
+    # a diagnostic is named only when nothing else needs the params
+    kind, name = min(ours, key=lambda e: e[0] == "diagnostic")
+    name = f"track(name={name!r})" if kind == "diagnostic" else name
+
+    def update_fn(updates, state, params=None, **extra_args):
+        if params is None:
+            raise ValueError(_validation.no_params_message(name))
+        return tx.update(updates, state, params, **extra_args)
+
+    return optax.GradientTransformationExtraArgs(tx.init, update_fn)

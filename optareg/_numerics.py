@@ -14,7 +14,8 @@ One home for each guard so that they cannot drift apart:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 
 __all__ = [
     "after",
+    "jit_static_ints",
     "compute_dtype",
     "count_total",
     "fraction",
@@ -347,3 +349,24 @@ def zeros_fraction(leaves: Sequence[jax.Array]) -> jax.Array:
         fused_sums([(jnp.asarray(x) == 0).astype(jnp.int32)])[0] for x in leaves if jnp.size(x)
     ]
     return fraction(count_total(counts, total), total)
+
+
+def jit_static_ints(*argnums: int) -> Callable[[Callable], Callable]:
+    """``jax.jit`` with the integer arguments ``argnums`` static, except when one is traced.
+
+    ``optax.inject_hyperparams`` without ``static_args`` passes an iteration count as a traced
+    array, which cannot be a static argument: the function is then called unjitted (inside the
+    caller's trace), where the traced count is a dynamic loop bound.
+    """
+
+    def wrap(fn: Callable) -> Callable:
+        jitted = jax.jit(fn, static_argnums=argnums)
+
+        @functools.wraps(fn)
+        def call(*args):
+            traced = any(isinstance(args[i], jax.core.Tracer) for i in argnums if i < len(args))
+            return (fn if traced else jitted)(*args)
+
+        return call
+
+    return wrap

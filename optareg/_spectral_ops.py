@@ -9,7 +9,6 @@ matrix-vector product can overflow.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
@@ -17,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from optareg import _numerics
 from optareg._numerics import compute_dtype, div_by_scale, matrix_transpose, max_abs_scale
 
 __all__ = [
@@ -71,15 +71,18 @@ def _msign_wide(x: jax.Array, steps: int) -> jax.Array:
     x = div_by_scale(x, max_abs_scale(x))  # ‖x‖_F can't overflow
     norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True))
     x = x / (norm * _SAFETY + 1e-7)
-    table = [_PE_SAFE[min(t, len(_PE_SAFE) - 1)] for t in range(steps)]
-    coeffs = jnp.asarray(table, x.dtype)  # (steps, 3)
 
     def body(x, abc):  # one scanned step: compiled once, whatever `steps` is
         gram = x @ _mT(x)
         poly = abc[1] * gram + abc[2] * (gram @ gram)
         return abc[0] * x + poly @ x, None
 
-    x, _ = jax.lax.scan(body, x, coeffs)
+    if not isinstance(steps, int):  # traced (optax.inject_hyperparams): a dynamic trip count
+        coeffs = jnp.asarray(_PE_SAFE, x.dtype)
+        last = len(_PE_SAFE) - 1
+        return jax.lax.fori_loop(0, steps, lambda t, x: body(x, coeffs[jnp.minimum(t, last)])[0], x)
+    table = [_PE_SAFE[min(t, len(_PE_SAFE) - 1)] for t in range(steps)]
+    x, _ = jax.lax.scan(body, x, jnp.asarray(table, x.dtype))  # (steps, 3) coefficients
     return x
 
 
@@ -117,7 +120,9 @@ def msign(x: jax.Array, steps: int = 8) -> jax.Array:
     """
     x = jnp.asarray(x)
     _check_matrix(x, "msign")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    if isinstance(steps, jax.core.Tracer):  # optax.inject_hyperparams: checked at init
+        pass
+    elif isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"msign: `steps` must be an integer >= 1; got {steps!r}.")
     y = x.astype(compute_dtype(x))
     if y.shape[-2] > y.shape[-1]:
@@ -191,7 +196,7 @@ def sigma_max(x: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.maximum(lam, 0.0)) * a[..., 0, 0]
 
 
-@functools.partial(jax.jit, static_argnums=2)
+@_numerics.jit_static_ints(2)
 def clip_newton_schulz(x: jax.Array, c, steps: int) -> jax.Array:
     """``c·clip_1(x/c) = ½[x + cQ + (cQ − x)S]``, Q = msign(x), S = msign(xᵀx − c²I).
 
@@ -322,7 +327,7 @@ def _power_step(w, a, b):
     return a, normalize(wta, b), scaled_norm(wta)
 
 
-@functools.partial(jax.jit, static_argnums=3)
+@_numerics.jit_static_ints(3)
 def power_iterate(w: jax.Array, a: jax.Array, b: jax.Array, iters: int):
     """``iters >= 1`` warm-started power iterations; returns ``a, b, σ̂`` (σ̂ ≤ σ_max).
 
@@ -330,7 +335,7 @@ def power_iterate(w: jax.Array, a: jax.Array, b: jax.Array, iters: int):
     σ̂ beyond the float range (an overflowing matrix) is reported as the largest finite value.
     """
     a, b, sigma = _power_step(w, a, b)
-    if iters > 1:
+    if not isinstance(iters, int) or iters > 1:  # a traced count: a loop of 0 or more trips
 
         def body(_, carry):
             return _power_step(w, carry[0], carry[1])

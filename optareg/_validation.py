@@ -11,6 +11,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 ScalarOrSchedule = optax.ScalarOrSchedule
@@ -18,7 +19,7 @@ MaskOrFn = Any  # a pytree (or prefix) of bools, or a callable params -> such a 
 
 NO_PARAMS_MSG = (
     "{name}: `params` is None. This transform needs the current parameters: call "
-    "`tx.update(updates, state, params)`. Post-step transforms also go last in `optax.chain`."
+    "`tx.update(updates, state, params)` (a chain passes them on to every transform in it)."
 )
 
 __all__ = [
@@ -28,10 +29,12 @@ __all__ = [
     "check_bool",
     "check_choice",
     "check_int",
+    "check_int_or_traced",
     "check_metrics_every",
     "check_scalar",
     "is_concrete",
     "is_params_placeholder",
+    "no_params_message",
     "require_params",
 ]
 
@@ -149,10 +152,19 @@ def is_params_placeholder(x: Any) -> bool:
     return type(x).__name__ == "_ParamsPlaceholder"
 
 
+def no_params_message(name: str) -> str:
+    """The missing-``params`` error of transform ``name``: what to pass, and where the
+    transform goes in a chain."""
+    from optareg import _chain  # noqa: PLC0415 - _chain imports modules that import this one
+
+    where = _chain.where_of(name)
+    return NO_PARAMS_MSG.format(name=name) + (f" It goes {where}." if where else "")
+
+
 def require_params(params: Any, name: str) -> None:
     """Raise the standard error when a transform that needs params got none."""
     if params is None:
-        raise ValueError(NO_PARAMS_MSG.format(name=name))
+        raise ValueError(no_params_message(name))
 
 
 def check_bool(name: str, value: Any) -> bool:
@@ -162,20 +174,32 @@ def check_bool(name: str, value: Any) -> bool:
     return value
 
 
-def check_metrics_every(value: Any) -> Any:
-    """Validate ``metrics_every``: an int >= 1.
+def check_int_or_traced(
+    name: str, value: Any, *, low: int | None = 0, high: int | None = None
+) -> Any:
+    """Validate an integer argument that ``optax.inject_hyperparams`` may pass as an array.
 
-    ``optax.inject_hyperparams`` passes every numeric argument as an array: a concrete one is
-    read as an int; a traced one cannot be checked and is used as it is (the statistics are then
-    computed behind a ``lax.cond`` on ``count % metrics_every == 0``).
+    ``inject_hyperparams`` without ``static_args`` passes every number as an array: a concrete
+    one (at ``init``) is checked and returned as a Python int; a traced one (in a jitted
+    ``update``) cannot be checked and is returned as it is, a 0-d integer tracer, for a
+    computation that accepts it (a ``lax.cond`` predicate, a loop bound, a ``lax.switch`` index).
     """
-    if isinstance(value, jax.core.Tracer):
-        return value
-    if isinstance(value, jax.Array) and value.ndim == 0:
-        if not jnp.issubdtype(value.dtype, jnp.integer):
-            raise TypeError(f"`metrics_every` must be an integer; got dtype {value.dtype}.")
+    if isinstance(value, (jax.Array, np.ndarray)) and not isinstance(value, bool):
+        if value.ndim != 0 or not jnp.issubdtype(value.dtype, jnp.integer):
+            raise TypeError(
+                f"`{name}` must be an integer; got an array of dtype {value.dtype} and shape "
+                f"{value.shape}."
+            )
+        if isinstance(value, jax.core.Tracer):
+            return value
         value = int(value)
-    return check_int("metrics_every", value, low=1)
+    return check_int(name, value, low=low, high=high)
+
+
+def check_metrics_every(value: Any) -> Any:
+    """Validate ``metrics_every``: an int >= 1 (a traced one is used as it is: the statistics
+    are then computed behind a ``lax.cond`` on ``count % metrics_every == 0``)."""
+    return check_int_or_traced("metrics_every", value, low=1)
 
 
 def check_not_a_step_count(params: Any, what: str, argname: str) -> None:

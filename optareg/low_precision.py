@@ -229,7 +229,9 @@ def _stochastic(seed: int, axis_name: Any) -> Callable[..., Any]:
     return operator
 
 
-def _check_seed(seed: Any) -> int:
+def _check_seed(seed: Any) -> Any:
+    if isinstance(seed, jax.Array) and seed.ndim == 0:  # from optax.inject_hyperparams
+        return _validation.check_int_or_traced("seed", seed, low=0, high=_MAX_SEED)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(
             f"`seed` must be a Python int in [0, {_MAX_SEED}]; got {type(seed).__name__} "

@@ -17,6 +17,7 @@ beside one float sum), every ``metrics_every`` steps.
 
 from __future__ import annotations
 
+import functools
 import operator
 from typing import Any, NamedTuple
 
@@ -231,11 +232,8 @@ def prox_elastic_net(
 
 
 def _check_axis(axis):
-    if isinstance(axis, jax.core.Tracer):
-        raise TypeError(
-            "`axis` must be a static Python int, not a traced value; with "
-            "`optax.inject_hyperparams` pass `static_args=('axis',)`."
-        )
+    if isinstance(axis, jax.Array):  # from optax.inject_hyperparams: traced in `update`
+        return _validation.check_int_or_traced("axis", axis, low=None)
     if isinstance(axis, bool) or not hasattr(axis, "__index__"):
         raise TypeError(f"`axis` must be an int; got {type(axis).__name__} {axis!r}.")
     return operator.index(axis)
@@ -272,8 +270,8 @@ def prox_group_lasso(
     Args:
       strength: group-lasso strength ``λ ≥ 0`` (constant or schedule).
       learning_rate: the optimizer's learning rate ``η > 0`` (the same constant or schedule).
-      axis: the axis indexing the groups in every selected leaf (a static int; under
-        ``optax.inject_hyperparams`` pass ``static_args=("axis",)``).
+      axis: the axis indexing the groups in every selected leaf (an int; injected by
+        ``optax.inject_hyperparams`` it is traced and picks the leaf's axis by ``lax.switch``).
       mask: optax mask (``True`` = apply the prox).
       metrics_every: compute the statistics every ``metrics_every`` steps (an int ≥ 1; the
         state holds the last values in between; under ``optax.inject_hyperparams`` pass
@@ -314,6 +312,8 @@ def prox_group_lasso(
     def leaf_axis(x, path):
         if axis is None:
             return _paths.unit_axis(layout, path, x.ndim)
+        if isinstance(axis, jax.core.Tracer):  # checked on the concrete value at init
+            return axis % x.ndim
         if not -x.ndim <= axis < x.ndim:
             raise ValueError(
                 f"prox_group_lasso: `axis`={axis} does not exist on the selected leaf "
@@ -330,11 +330,21 @@ def prox_group_lasso(
     def op(leaf, strength, learning_rate):
         x = leaf.x
         tau = _as(learning_rate, x.dtype) * _as(strength, x.dtype)
-        axis = leaf_axis(x, leaf.path) if x.ndim else 0
-        penalties[leaf.index] = strength * group_norms_after_threshold(x, tau, axis)
         if x.ndim == 0:
+            penalties[leaf.index] = strength * group_norms_after_threshold(x, tau, 0)
             return soft_threshold(x, tau)
-        return group_soft_threshold(x, tau, axis)
+
+        def on_axis(axis):
+            pen = strength * group_norms_after_threshold(x, tau, axis)
+            return pen, group_soft_threshold(x, tau, axis)
+
+        axis = leaf_axis(x, leaf.path)
+        if isinstance(axis, jax.core.Tracer):  # a traced axis (inject_hyperparams) picks a branch
+            branches = [functools.partial(on_axis, a) for a in range(x.ndim)]
+            penalties[leaf.index], y = jax.lax.switch(axis, branches)
+        else:
+            penalties[leaf.index], y = on_axis(axis)
+        return y
 
     def penalty(leaf, hp):
         del hp

@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 import math
 from typing import Any, NamedTuple
 
@@ -158,7 +157,7 @@ def _check_matrix_axes(matrix_axes: Any) -> None:
         elif isinstance(leaf, (jax.Array, np.ndarray)) and jnp.issubdtype(leaf.dtype, jnp.integer):
             raise TypeError(
                 "`matrix_axes` is an array (optax.inject_hyperparams passes every number not in "
-                f"`static_args` as one); pass static_args={_static_args_hint(True)}."
+                "`static_args` as one); it decides shapes: pass static_args=('matrix_axes',)."
             )
         elif leaf is not None:
             raise TypeError(
@@ -312,7 +311,7 @@ def _power_leaf(
     }
 
 
-@functools.partial(jax.jit, static_argnums=5)
+@_numerics.jit_static_ints(5)
 def _power_scale(w, a, b, ref, c, num_iters):
     """Power iteration on θ (``w``, B matrices) and the rescale ``s = min(1, c/σ̂)``.
 
@@ -427,7 +426,7 @@ class _NotParams:
     """
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+@_numerics.jit_static_ints(1, 2, 3)
 def _init_leaf(p: jax.Array, plan: _Plan, method: str, init_iters: int) -> dict[str, Any]:
     """The per-leaf state at ``init``: vectors from ``init_iters`` iterations on θ₀, σ of θ₀."""
     w = _to_mats(_numerics.upcast(p), plan)
@@ -436,7 +435,13 @@ def _init_leaf(p: jax.Array, plan: _Plan, method: str, init_iters: int) -> dict[
         return {"u": None, "v": None, "sigma": sigma_max(w).reshape(shapes), "expected": None}
     a, b = start_vectors(plan.batch, plan.m, plan.n, w.dtype)
     sigma = jnp.zeros((plan.batch,), w.dtype)
-    if init_iters:
+    if isinstance(init_iters, jax.core.Tracer):  # inject_hyperparams under a jitted init
+        a, b, sigma = jax.lax.cond(
+            init_iters > 0,
+            lambda: power_iterate(w, a, b, init_iters),
+            lambda: (a, b, sigma),
+        )
+    elif init_iters:
         a, b, sigma = power_iterate(w, a, b, init_iters)
     return {
         "u": a.reshape(shapes + (plan.m,)),
@@ -458,30 +463,11 @@ _ACTIVE_PLANS: contextvars.ContextVar[dict[str, _Plan | None]] = contextvars.Con
 )
 
 
-def _static_args_hint(with_axes: bool = False) -> str:
-    names = _INT_ARGS + (("matrix_axes",) if with_axes else ())
-    return repr(names)
-
-
-def _check_int_args(**values: Any) -> dict[str, int]:
-    """The structural integer arguments as Python ints; a traced one is a clear ``TypeError``."""
-    out = {}
-    for name, value in values.items():
-        if isinstance(value, jax.core.Tracer):
-            raise TypeError(
-                f"spectral_clip: `{name}` is a traced array: optax.inject_hyperparams passes "
-                "every number not in `static_args` as one, but it sets a number of iterations "
-                "(or of steps between metrics) and must be a Python int. Use "
-                "`optax.inject_hyperparams(optareg.spectral_clip, "
-                f"static_args={_static_args_hint()})`."
-            )
-    low = {"num_iters": 1, "init_iters": 0, "ns_steps": 1}
-    for name, value in values.items():
-        if name == "metrics_every":
-            out[name] = _validation.check_metrics_every(value)
-        else:
-            out[name] = _validation.check_int(name, value, low=low[name])
-    return out
+def _check_int_args(**values: Any) -> dict[str, Any]:
+    """The structural integer arguments as Python ints, or as traced ints under
+    ``optax.inject_hyperparams`` (loop bounds and the ``metrics_every`` predicate accept them)."""
+    low = {"num_iters": 1, "init_iters": 0, "ns_steps": 1, "metrics_every": 1}
+    return {k: _validation.check_int_or_traced(k, v, low=low[k]) for k, v in values.items()}
 
 
 @contextlib.contextmanager
@@ -603,8 +589,10 @@ def spectral_clip(
       ``"spectral_clip/sigma_max"``.
 
     Raises:
-      TypeError: an integer argument is traced: inside ``optax.inject_hyperparams`` pass
-        ``static_args=("num_iters", "init_iters", "ns_steps", "metrics_every")``.
+      TypeError: ``matrix_axes`` is an int inside ``optax.inject_hyperparams`` (it decides
+        shapes): pass ``static_args=("matrix_axes",)``. The integer arguments ``num_iters``,
+        ``init_iters``, ``ns_steps`` and ``metrics_every`` need no ``static_args``: traced, they
+        are loop bounds and the metrics predicate.
 
     Example:
       >>> import jax.numpy as jnp, optax, optareg
