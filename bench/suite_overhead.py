@@ -64,6 +64,9 @@ TRANSFORMS: list[tuple[str, str, Callable[[], Any], float | None]] = [
     ("track() first", "first", lambda: optareg.track(), 1.15),
     ("track(metrics_every=10)", "last", lambda: optareg.track(metrics_every=10), 1.05),
     ("track(metrics_every=10) first", "first", lambda: optareg.track(metrics_every=10), 1.05),
+    # one read of the average and one write per step (+ θ + u, fused): ~1.2x is its byte floor
+    ("ema_params()", "last", lambda: optareg.ema_params(), None),
+    ("ema_params(metrics_every=10)", "last", lambda: optareg.ema_params(metrics_every=10), None),
     (
         'spectral_clip(1.0, "power")',
         "last",
