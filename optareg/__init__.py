@@ -57,10 +57,23 @@ from optareg.proximal import (
     prox_nuclear,
 )
 from optareg.sam import SamPerturbState, sam_perturb
+from optareg.qk_clip import (
+    QKClipState,
+    attention_max_logits,
+    collect_max_logits,
+    max_logit_attention_fn,
+    qk_clip,
+)
 from optareg.sharpness import SharpnessMonitorState, hessian_top_eigenvalue, sharpness_monitor
 from optareg.spectral import SpectralClipState, spectral_clip, spectral_norms
 
 __version__ = "0.1.0"
+from optareg.spectral_control import (
+    SpectralHammerState,
+    SpectralWeightDecayState,
+    spectral_hammer,
+    spectral_weight_decay,
+)
 
 __all__ = [
     "AddDecayedWeightsState",
@@ -73,14 +86,19 @@ __all__ = [
     "ProxAdamState",
     "SamPerturbState",
     "SharpnessMonitorState",
+    "QKClipState",
     "SpectralClipState",
     "TrackState",
     "add_decayed_weights",
+    "SpectralHammerState",
+    "SpectralWeightDecayState",
     "add_penalty",
     "averaged_params",
     "chain",
+    "attention_max_logits",
     "decay_schedule",
     "decay_timescale",
+    "collect_max_logits",
     "decoupled_weight_decay",
     "early_stopping",
     "ema_params",
@@ -88,6 +106,7 @@ __all__ = [
     "low_precision_updates",
     "masks",
     "max_norm",
+    "max_logit_attention_fn",
     "metrics",
     "nnx_sam_grad_fn",
     "non_neg",
@@ -102,10 +121,13 @@ __all__ = [
     "recompute_batch_stats",
     "sam_perturb",
     "sharpness_monitor",
+    "qk_clip",
     "spectral_clip",
     "spectral_norms",
     "swa",
     "track",
+    "spectral_hammer",
     "unit_norm",
+    "spectral_weight_decay",
     "weight_decay_for_timescale",
 ]

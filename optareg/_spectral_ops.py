@@ -28,6 +28,9 @@ __all__ = [
     "scaled_norm",
     "sigma_max",
     "spectral_clip_matrix",
+    "soft_cap",
+    "soft_cap_alpha",
+    "soft_cap_gain",
     "start_vectors",
 ]
 
@@ -352,3 +355,66 @@ def start_vectors(batch: int, m: int, n: int, dtype) -> tuple[jax.Array, jax.Arr
     return a / jnp.linalg.norm(a, axis=-1, keepdims=True), b / jnp.linalg.norm(
         b, axis=-1, keepdims=True
     )
+
+
+# --------------------------------------------------------------------------------------------
+# spectral soft cap (Newhouse et al. 2025): two odd cubics, matrix products only
+# --------------------------------------------------------------------------------------------
+
+# β = α·k² is at most 1/3: there the first cubic σ − ασ³ is still increasing on [0, k], so the
+# composed map is monotone on every singular value the bound k covers (see soft_cap_alpha).
+_SOFT_CAP_BETA_MAX = 1.0 / 3.0
+_BISECTIONS = 40
+
+
+def soft_cap_gain(beta: jax.Array) -> jax.Array:
+    """``g(β) = f_α(σ)/σ`` at ``β = ασ²``: ``(1 − β)(1 + β(1 − β)²) = 1 − 3β² + 3β³ − β⁴``."""
+    return 1.0 - beta * beta * (3.0 - 3.0 * beta + beta * beta)
+
+
+def soft_cap_alpha(k: jax.Array) -> jax.Array:
+    """The coupling of the soft cap: ``α`` with ``f_α(k) = 1`` (units of the bound ``c``).
+
+    ``f_α(σ) = σ·g(ασ²)`` with ``g`` strictly decreasing from ``g(0) = 1``, so for ``k > 1`` the
+    root ``β = αk²`` of ``g(β) = 1/k`` is unique (the paper's quartic
+    ``−k⁹α⁴ + 3k⁷α³ − 3k⁵α² + k − 1 = 0``, whose smallest non-negative root the authors' code
+    takes); found by bisection on ``β ∈ [0, 1/3]`` and clamped there (``k > 1/g(1/3) ≈ 1.31``:
+    one step maps ``k`` to ``g(1/3)·k ≈ 0.77k`` instead of 1). ``α = 0`` where ``k <= 1``.
+    """
+    target = 1.0 / jnp.maximum(k, 1.0)
+    lo, hi = jnp.zeros_like(target), jnp.full_like(target, _SOFT_CAP_BETA_MAX)
+
+    def body(_, carry):
+        lo, hi = carry
+        mid = 0.5 * (lo + hi)
+        above = soft_cap_gain(mid) > target  # g decreasing: the root lies right of mid
+        return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, _BISECTIONS, body, (lo, hi))
+    beta = jnp.where(k > 1.0, 0.5 * (lo + hi), 0.0)
+    beta = jnp.where(soft_cap_gain(hi) >= target, hi, beta)  # clamped at β_max
+    return jnp.where(k > 1.0, beta, 0.0) / jnp.where(jnp.isfinite(k) & (k > 0), k * k, jnp.inf)
+
+
+def _cubic_step(x: jax.Array, s: jax.Array, sign: float) -> jax.Array:
+    """``x(I + sign·s²xᵀx)`` on the short side (``s`` per matrix, ``(..., 1, 1)``)."""
+    z = s * x
+    if x.shape[-2] < x.shape[-1]:  # wide: (I + sign·zzᵀ)x
+        return x + sign * ((z @ _mT(z)) @ x)
+    return x + sign * (x @ (_mT(z) @ z))
+
+
+@jax.jit
+def soft_cap(x: jax.Array, c, k: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The spectral soft cap of ``x`` at ``c``, coupled to a bound ``k·c ≥ σ_max``; also ``α``.
+
+    ``c·p₂(p₁(x/c))`` with ``p₁(M) = M(I − αMᵀM)``, ``p₂(M) = M(I + αMᵀM)`` and
+    ``α = soft_cap_alpha(k)``: every singular value ``σ`` becomes ``c·f_α(σ/c)``,
+    ``f_α(σ) = p₂(p₁(σ))``, and ``f_α(k) = 1``. The Gram factors are formed from ``√α·x/c``,
+    whose singular values are at most ``√(1/3)``, so nothing can overflow.
+    """
+    c = jnp.asarray(c, x.dtype)
+    alpha = soft_cap_alpha(k.astype(x.dtype))
+    s = (jnp.sqrt(alpha) / c)[..., None, None]
+    y = _cubic_step(x, s, -1.0)
+    return _cubic_step(y, s, 1.0), alpha
