@@ -41,8 +41,11 @@ _PROX_ZEROS = (
 )
 
 
+LAMBDA_T = "\\lambda_t"
+
+
 def _prox_penalty(r: str) -> tuple[str, str, str]:
-    return (f"the penalty at the new parameters, λ_t·{r}", "loss units", EVERY)
+    return (f"the penalty at the new parameters, ${LAMBDA_T}{r}$", "loss units", EVERY)
 
 
 def _on_boundary(what: str) -> dict[str, tuple[str, str, str]]:
@@ -54,23 +57,25 @@ _TRACK_WHEN = EVERY + "; `/<path>` per parameter leaf with `per_leaf=True`"
 # transform -> metric (without the "<name>/" prefix; "<path>" for a parameter path) ->
 # (meaning, unit, when computed). Keep one row per key the registry's entries emit.
 MEANINGS: dict[str, dict[str, tuple[str, str, str]]] = {
-    "prox_l1": {"zeros_fraction": _PROX_ZEROS, "penalty": _prox_penalty("‖θ‖₁")},
+    "prox_l1": {"zeros_fraction": _PROX_ZEROS, "penalty": _prox_penalty(r"\lVert\theta\rVert_1")},
     "prox_elastic_net": {
         "zeros_fraction": _PROX_ZEROS,
         "penalty": (
-            "the penalty at the new parameters, λ₁‖θ‖₁ + λ₂/2·‖θ‖₂² (strengths at step t)",
+            "the penalty at the new parameters, $\\lambda_1\\lVert\\theta\\rVert_1 + "
+            "\\tfrac{\\lambda_2}{2}\\lVert\\theta\\rVert_2^2$ (strengths at step $t$)",
             "loss units",
             EVERY,
         ),
     },
     "prox_group_lasso": {
         "zeros_fraction": _PROX_ZEROS,
-        "penalty": _prox_penalty("Σ_g √|g|·‖θ_g‖₂"),
+        "penalty": _prox_penalty(r"\sum_g \sqrt{\lvert g\rvert}\,\lVert\theta_g\rVert_2"),
     },
     "prox_nuclear": {
         "zeros_fraction": _PROX_ZEROS,
         "penalty": (
-            "the penalty at the new parameters, λ_t·Σ‖θ‖_* (one more SVD per matrix on the "
+            "the penalty at the new parameters, $\\lambda_t\\sum\\lVert\\theta\\rVert_*$ (one "
+            "more SVD per matrix on the "
             "metrics steps)",
             "loss units",
             EVERY,
@@ -78,9 +83,14 @@ MEANINGS: dict[str, dict[str, tuple[str, str, str]]] = {
     },
     "prox_adam": {"zeros_fraction": _PROX_ZEROS},
     "sam_perturb": {
-        "grad_norm": ("global norm ‖g‖ of the incoming gradient", "gradient units", EVERY),
+        "grad_norm": (
+            "global norm $\\lVert g\\rVert_2$ of the incoming gradient",
+            "gradient units",
+            EVERY,
+        ),
         "perturbed_grad_norm": (
-            "global norm ‖g_p‖ of the gradient at θ + ε (carried over on LookSAM reuse steps)",
+            "global norm $\\lVert g_p\\rVert_2$ of the gradient at $\\theta + \\varepsilon$ "
+            "(carried over on LookSAM reuse steps)",
             "gradient units",
             EVERY,
         ),
@@ -92,13 +102,15 @@ MEANINGS: dict[str, dict[str, tuple[str, str, str]]] = {
     },
     "sharpness_monitor": {
         "top_eigenvalue": (
-            "λ_max, the top Hessian eigenvalue estimate (LOBPCG, warm-started); 0 before the "
+            "$\\lambda_{\\max}$, the top Hessian eigenvalue estimate (LOBPCG, warm-started); 0 "
+            "before the "
             "first measurement",
             "loss / parameter²",
             EVERY,
         ),
         "edge_of_stability": (
-            "λ_max·η/2: near 1, gradient descent runs at the edge of stability; above 1 the "
+            "$\\lambda_{\\max}\\eta/2$: near 1, gradient descent runs at the edge of stability; "
+            "above 1 the "
             "sharpest direction is locally unstable",
             "dimensionless",
             EVERY + "; only when `learning_rate=` is given",
@@ -106,7 +118,7 @@ MEANINGS: dict[str, dict[str, tuple[str, str, str]]] = {
     },
     "spectral_clip": {
         "sigma/<path>": (
-            "spectral norm of θ + u before clipping, per matrix (exact for `exact`, the "
+            "spectral norm of $\\theta + u$ before clipping, per matrix (exact for `exact`, the "
             "prediction used for the rescale for `power`, the power-iteration estimate for "
             "`newton_schulz`); `/<i>` per matrix of a stacked leaf",
             "parameter units",
@@ -120,28 +132,31 @@ MEANINGS: dict[str, dict[str, tuple[str, str, str]]] = {
     },
     "spectral_hammer": {
         "sigma/<path>": (
-            "power-iteration estimate σ̂₁ of θ + u before the hammer, per matrix; `/<i>` per "
+            "power-iteration estimate $\\hat\\sigma_1$ of $\\theta + u$ before the hammer, per "
+            "matrix; `/<i>` per "
             "matrix of a stacked leaf",
             "parameter units",
             EVERY,
         ),
         "sigma_max": ("the largest `sigma/<path>` (before the hammer)", "parameter units", EVERY),
         "sigma_max_after": (
-            "the largest σ̂₁ after the hammer, min(σ̂₁, c)",
+            "the largest $\\hat\\sigma_1$ after the hammer, $\\min(\\hat\\sigma_1, c)$",
             "parameter units",
             EVERY,
         ),
     },
     "spectral_weight_decay": {
         "sigma/<path>": (
-            "power-iteration estimate σ̂₁(θ) before the decay, per matrix; `/<i>` per matrix of "
+            "power-iteration estimate $\\hat\\sigma_1(\\theta)$ before the decay, per matrix; "
+            "`/<i>` per matrix of "
             "a stacked leaf",
             "parameter units",
             EVERY,
         ),
         "sigma_max": ("the largest `sigma/<path>` (before the decay)", "parameter units", EVERY),
         "sigma_max_after": (
-            "the largest (1 − λ_t)·σ̂₁(θ), the top singular value the decay left",
+            "the largest $(1 - \\lambda_t)\\,\\hat\\sigma_1(\\theta)$, the top singular value "
+            "the decay left",
             "parameter units",
             EVERY,
         ),
@@ -155,7 +170,8 @@ MEANINGS: dict[str, dict[str, tuple[str, str, str]]] = {
         "heads_clipped": ("how many heads were rescaled", "count (float32)", EVERY),
     },
     "max_norm": _on_boundary(
-        "fraction of units on the ball's boundary after the step (‖w_j‖ ≥ c·(1 − 1e-6)): the "
+        "fraction of units on the ball's boundary after the step ($\\lVert w_j\\rVert_2 \\ge "
+        "c\\,(1 - 10^{-6})$): the "
         "share of the constraint that is active"
     ),
     "unit_norm": _on_boundary("fraction of units on the unit sphere after the step"),
@@ -163,7 +179,8 @@ MEANINGS: dict[str, dict[str, tuple[str, str, str]]] = {
     "project": _on_boundary("fraction of (masked-in) leaves the projection changed"),
     "add_penalty": {
         "value": (
-            "λ_t·R(θ_t), the penalty at the parameters the gradient was taken at (logged apart "
+            "$\\lambda_t R(\\theta_t)$, the penalty at the parameters the gradient was taken at "
+            "(logged apart "
             "from the loss)",
             "loss units",
             "every step (0 with a constant strength of 0: R is not evaluated)",
@@ -171,7 +188,8 @@ MEANINGS: dict[str, dict[str, tuple[str, str, str]]] = {
     },
     "ema_params": {
         "distance_ratio": (
-            "‖θ̄ − θ_{t+1}‖₂ / ‖θ_{t+1}‖₂, how far the average is from the parameters (over the "
+            "$\\lVert\\bar\\theta - \\theta_{t+1}\\rVert_2 / \\lVert\\theta_{t+1}\\rVert_2$, how "
+            "far the average is from the parameters (over the "
             "averaged leaves; 0 before the first averaging step)",
             "dimensionless",
             EVERY,
@@ -179,7 +197,8 @@ MEANINGS: dict[str, dict[str, tuple[str, str, str]]] = {
     },
     "swa": {
         "distance_ratio": (
-            "‖θ̄ − θ_{t+1}‖₂ / ‖θ_{t+1}‖₂, how far the running mean is from the parameters "
+            "$\\lVert\\bar\\theta - \\theta_{t+1}\\rVert_2 / \\lVert\\theta_{t+1}\\rVert_2$, how "
+            "far the running mean is from the parameters "
             "(over the averaged leaves; 0 before the first averaging step)",
             "dimensionless",
             EVERY,
@@ -187,34 +206,40 @@ MEANINGS: dict[str, dict[str, tuple[str, str, str]]] = {
     },
     "track": {
         "grad_norm": (
-            "‖u‖₂ of the updates it receives (placed first: the raw gradient)",
+            "$\\lVert u\\rVert_2$ of the updates it receives (placed first: the raw gradient)",
             "update units",
             _TRACK_WHEN,
         ),
         "update_norm": (
-            "‖u‖₂, the same number as grad_norm (reads well when placed last)",
+            "$\\lVert u\\rVert_2$, the same number as `grad_norm` (reads well when placed last)",
             "update units",
             _TRACK_WHEN,
         ),
-        "param_norm": ("‖θ‖₂ of the current parameters", "parameter units", _TRACK_WHEN),
+        "param_norm": (
+            "$\\lVert\\theta\\rVert_2$ of the current parameters",
+            "parameter units",
+            _TRACK_WHEN,
+        ),
         "update_ratio": (
-            "‖u‖₂ / ‖θ‖₂ (placed last: the effective step size)",
+            "$\\lVert u\\rVert_2 / \\lVert\\theta\\rVert_2$ (placed last: the effective step size)",
             "dimensionless",
             _TRACK_WHEN,
         ),
         "applied_update_ratio": (
-            "‖y − θ‖₂ / ‖θ‖₂ with y = apply_updates(θ, u) rounded to θ's dtype: the step that "
+            "$\\lVert y - \\theta\\rVert_2 / \\lVert\\theta\\rVert_2$ with $y$ = "
+            "`apply_updates(θ, u)` rounded to θ's dtype: the step that "
             "survives rounding",
             "dimensionless",
             _TRACK_WHEN,
         ),
         "lost_update_fraction": (
-            "fraction of the entries with u ≠ 0 whose applied change y − θ is 0 (lost to "
+            "fraction of the entries with $u \\ne 0$ whose applied change $y - \\theta$ is 0 "
+            "(lost to "
             "rounding, e.g. bfloat16 weights)",
             FRACTION,
             _TRACK_WHEN,
         ),
-        "sparsity": ("fraction of exact zeros in y = apply_updates(θ, u)", FRACTION, _TRACK_WHEN),
+        "sparsity": ("fraction of exact zeros in `apply_updates(θ, u)`", FRACTION, _TRACK_WHEN),
         "nonfinite": ("number of NaN / Inf entries of u", "count (int32)", _TRACK_WHEN),
     },
 }
