@@ -465,3 +465,25 @@ def test_recompute_batch_stats_for_averaged_weights():
     np.testing.assert_allclose(model.bn.mean[...], np.mean([o.mean(0) for o in outs], 0), 1e-5)
     np.testing.assert_allclose(model.bn.var[...], np.mean([o.var(0) for o in outs], 0), 1e-5)
     assert model.bn.momentum == 0.9 and model.bn.use_running_average is True
+
+
+# --------------------------------------------------------------------------------------------
+# the example
+# --------------------------------------------------------------------------------------------
+
+
+def test_weight_averaging_example_smoke(tmp_path, capsys):
+    from helpers import assert_png, load_example
+
+    mod = load_example("weight_averaging")
+    argv = ["--seeds", "2", "--epochs", "3", "--n-train", "100", "--hidden", "8"]
+    res = mod.main([*argv, "--batch-size", "20", "--swa-start", "0.5", "--out", str(tmp_path)])
+    text = capsys.readouterr().out
+    assert_png(tmp_path / "weight_averaging.png")
+    assert res["loss"].shape == res["acc"].shape == (2, 3) and np.isfinite(res["loss"]).all()
+    assert res["tau_epoch"] == pytest.approx(20.0)  # the default --decay-epochs, read back
+    for phrase in ("τ_epoch = 20 epochs", "EMA − live", "SWA − live", "val loss mean ± std"):
+        assert phrase in text
+    for bad in (["--epochs", "1"], ["--batch-size", "200", "--n-train", "100"], ["--lr", "0"]):
+        with pytest.raises(SystemExit):
+            mod.parse_args(bad)
