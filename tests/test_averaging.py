@@ -395,6 +395,36 @@ def test_swa_rejects_bad_arguments_and_needs_params():
         tx.update(make_tree(0), tx.init(make_tree(0)))
 
 
+def test_average_of_the_low_precision_landing():
+    """After ``low_precision_updates`` on bf16 params the average sees the bf16 weights that
+    land (decay 0, no debias: the average is exactly the params); the average is float32."""
+    tx = optareg.chain(
+        optax.sgd(1e-3), optareg.low_precision_updates(), optareg.ema_params(0.0, debias=False)
+    )
+    grads = [make_tree(50 + i, jnp.bfloat16) for i in range(3)]
+    state, params = _run_wrapped(tx, grads, make_tree(14, jnp.bfloat16))
+    (found,) = optareg.averaging.diagnostics.find_nodes(state, optareg.averaging._is_state)
+    assert int(found.n) == 3
+    for k in SHAPES:
+        assert found.average[k].dtype == jnp.float32
+        np.testing.assert_array_equal(found.average[k], params[k].astype(jnp.float32))
+    chex.assert_trees_all_equal(optareg.averaged_params(state, params), params)
+
+
+def test_a_nan_sticks_in_the_average_unless_apply_if_finite_skips_it():
+    """NaN in one update entry: passed through, that entry of the average is NaN for good (the
+    README's table); ``optax.apply_if_finite`` around the chain skips the step instead."""
+    bad = [make_tree(40), {**make_tree(41), "b": make_tree(41)["b"].at[2].set(jnp.nan)}]
+    bad.append(make_tree(42))
+    for wrap, finite in ((lambda tx: tx, False), (lambda tx: optax.apply_if_finite(tx, 5), True)):
+        tx = wrap(optareg.chain(optax.sgd(0.1), optareg.ema_params(0.5)))
+        state, params = _run_wrapped(tx, bad, make_tree(15))
+        avg = optareg.averaged_params(state, params)
+        assert np.isfinite(avg["b"][2]) == finite
+        assert np.isfinite(np.delete(np.asarray(avg["b"]), 2)).all()
+        assert np.isfinite(avg["a"]).all()
+
+
 # --------------------------------------------------------------------------------------------
 # weight decay timescales
 # --------------------------------------------------------------------------------------------
