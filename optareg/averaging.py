@@ -132,7 +132,7 @@ def _sums_of_squares(pairs: list) -> tuple[jax.Array, jax.Array]:
     per_leaf = [
         _numerics.fused_sums(
             [jnp.square(d), jnp.square(t), jnp.square(d * down), jnp.square(t * down)]
-        )  # fmt: skip
+        )
         for d, t in ((a - t, t) for a, t in pairs)
     ]
     num, den, num_down, den_down = (sum(s[i] for s in per_leaf) for i in range(4))
