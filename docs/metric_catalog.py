@@ -174,6 +174,11 @@ MEANINGS: dict[str, dict[str, tuple[str, str, str]]] = {
         "c\\,(1 - 10^{-6})$): the "
         "share of the constraint that is active"
     ),
+    "min_max_norm": _on_boundary(
+        "fraction of units whose bound is active this step, measured on $w = \\theta + u$: "
+        "$\\lVert w_j\\rVert_2 \\ge M(1 - 10^{-6})$, or $m > 0$ and "
+        "$\\lVert w_j\\rVert_2 \\le m(1 + 10^{-6})$ (zero units included)"
+    ),
     "unit_norm": _on_boundary("fraction of units on the unit sphere after the step"),
     "non_neg": _on_boundary("fraction of entries that are exactly 0 after the step"),
     "project": _on_boundary("fraction of (masked-in) leaves the projection changed"),
