@@ -286,9 +286,13 @@ def test_averaged_params_in_a_flax_nnx_optimizer():
     )
     x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3)), jnp.float32)
     thetas = []
+
+    @nnx.jit
+    def train_step(model, opt):
+        opt.update(model, nnx.grad(lambda m: jnp.sum(m(x) ** 2))(model))
+
     for _ in range(2):
-        grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(model)
-        opt.update(model, grads)
+        train_step(model, opt)
         thetas.append({k: np.asarray(v[...]) for k, v in nnx.state(model, nnx.Param).items()})
     oracle = ema_oracle(thetas, 0.5, False, 0, 1)[-1]
     params = nnx.state(model, nnx.Param)
@@ -485,8 +489,13 @@ def test_recompute_batch_stats_for_averaged_weights():
     opt = nnx.Optimizer(model, optareg.chain(optax.sgd(0.1), optareg.swa()), wrt=nnx.Param)
     rng = np.random.default_rng(0)
     batches = [jnp.asarray(rng.normal(size=(8, 3)) + i, jnp.float32) for i in range(3)]
+
+    @nnx.jit
+    def train_step(model, opt, x):
+        opt.update(model, nnx.grad(lambda m: jnp.sum(m(x) ** 2))(model))
+
     for x in batches:
-        opt.update(model, nnx.grad(lambda m, x=x: jnp.sum(m(x) ** 2))(model))
+        train_step(model, opt, x)
     nnx.update(model, optareg.averaged_params(opt.opt_state, nnx.state(model, nnx.Param)))
     model.eval()
     optareg.recompute_batch_stats(model, batches)
