@@ -12,14 +12,15 @@ yet on a fresh clone. So the hook reads it if present, demotes its headings belo
 turns relative links into inline code naming the repository path, and otherwise says how to
 generate it. Absolute links (``https://...``) and anchors are kept.
 
-``add_mathjax``: MathJax 3 (``es5/tex-svg.js``, one self-contained file: SVG output, no web fonts)
-is copied into the site as ``assets/mathjax/tex-svg.js`` from the ``django-static-mathjax`` wheel
-of the ``docs`` extra (a plain copy of MathJax's release files, no Django needed), with its
-license. ``mkdocs.yml`` loads it after ``javascripts/mathjax-config.js``: the site renders its
-math with no network at view time.
+``mathjax_sources`` (in ``on_files``): MathJax 3 (``es5/tex-svg.js``, one self-contained file: SVG
+output, no web fonts) is copied into the site as ``assets/mathjax/tex-svg.js`` from the
+``django-static-mathjax`` wheel of the ``docs`` extra (a plain copy of MathJax's release files, no
+Django needed), with its license. ``mkdocs.yml`` loads it after ``javascripts/mathjax-config.js``:
+the site renders its math with no network at view time.
 
-``add_metric_catalog``: the page ``metrics.md`` is generated from the conformance registry by
-``docs/metric_catalog.py``; a key without a meaning there is a warning, so ``--strict`` fails.
+``metric_catalog_page`` (in ``on_files``): the page ``metrics.md`` is generated from the
+conformance registry by ``docs/metric_catalog.py``; a key without a meaning there is a warning, so
+``--strict`` fails.
 """
 
 from __future__ import annotations
