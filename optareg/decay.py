@@ -386,7 +386,9 @@ def decay_schedule(
         lam = jnp.asarray(_counters.evaluate(weight_decay, count), jnp.result_type(float))
         if convention == "independent":
             return lam
-        eta = jnp.asarray(_counters.evaluate(learning_rate, count))
+        # η_t in λ's dtype too: η_t/η_max (and η_t²) in float32 would be 1e-8 off the "pytorch"
+        # convention's λ·η_t under x64 (optax's schedules return float32)
+        eta = jnp.asarray(_counters.evaluate(learning_rate, count)).astype(lam.dtype)
         if convention == "pytorch":
             return lam * eta
         if convention == "paper":
