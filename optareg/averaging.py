@@ -234,7 +234,8 @@ def _beta(decay: Any, timescale: Any) -> optax.ScalarOrSchedule:
         return decay
     if not _is_default_decay(decay):
         raise ValueError(
-            "ema_params: give `decay` or `timescale`, not both (timescale=τ means decay = 1 − 1/τ)."
+            "ema_params: `timescale` and `decay` were both given; pass one of them "
+            "(timescale=τ means decay = 1 − 1/τ)."
         )
     _validation.check_scalar("timescale", timescale, low=1.0)
     if callable(timescale):
@@ -442,8 +443,9 @@ def _select(opt_state: Any, name: str | None) -> AveragingState:
     names = [_state_name(s) for s in found]
     if not found:
         raise ValueError(
-            "averaged_params: no averaging state in opt_state; chain optareg.ema_params(...) or "
-            "optareg.swa(...) last, after the optimizer: optareg.chain(opt, optareg.ema_params())."
+            "averaged_params: no averaging state in `opt_state`; it needs one: chain "
+            "optareg.ema_params(...) or optareg.swa(...) last, after the optimizer: "
+            "optareg.chain(opt, optareg.ema_params())."
         )
     chosen = [s for s, n in zip(found, names, strict=True) if name is None or n == name]
     if len(chosen) != 1:
@@ -651,6 +653,11 @@ def recompute_batch_stats(model: Any, batches: Iterable[Any]) -> Any:
     """
     from flax import nnx
 
+    if not isinstance(model, nnx.Module):
+        raise TypeError(
+            f"`model` must be a Flax NNX module (nnx.Module); got {type(model).__name__}. For "
+            "Flax linen, see the recipe in docs/families/averaging.md."
+        )
     norms = [m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm)]
     saved = [(m.momentum, m.use_running_average) for m in norms]
     try:

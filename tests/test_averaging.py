@@ -372,7 +372,7 @@ def test_chain_places_averaging_last():
     [
         ({"decay": 1.0}, ValueError, "`decay` must be a finite number >= 0.0 and < 1.0"),
         ({"decay": -0.1}, ValueError, "`decay`"),
-        ({"decay": 0.9, "timescale": 10}, ValueError, "not both"),
+        ({"decay": 0.9, "timescale": 10}, ValueError, "both given"),
         ({"timescale": 0.5}, ValueError, "`timescale` must be a finite number >= 1.0"),
         ({"start_step": -1}, ValueError, "`start_step` must be an integer >= 0"),
         ({"every": 0}, ValueError, "`every` must be an integer >= 1"),

@@ -341,6 +341,59 @@ ROWS += [
     Row("nnx_sam_grad_fn", optareg.nnx_sam_grad_fn, {"loss_fn": 3, "model": None}, "loss_fn"),
 ]
 
+# --- parameter averaging and decay timescales -------------------------------------------------
+_EMA, _SWA, _WDT, _DT = (
+    optareg.ema_params,
+    optareg.swa,
+    optareg.weight_decay_for_timescale,
+    optareg.decay_timescale,
+)
+_RBS = optareg.recompute_batch_stats
+ROWS += _strength_rows("ema_params", _EMA, {}, "decay", upper=1.0)
+ROWS += [
+    Row("ema_params", _EMA, {"decay": 1.0}, "decay"),
+    Row("ema_params", _EMA, {"decay": _bad_schedule}, "decay"),
+    Row("ema_params", _EMA, {"timescale": 0.5}, "timescale"),
+    Row("ema_params", _EMA, {"timescale": NAN}, "timescale"),
+    Row("ema_params", _EMA, {"timescale": "10"}, "timescale"),
+    Row("ema_params", _EMA, {"decay": 0.9, "timescale": 10.0}, "timescale"),
+    Row("ema_params", _EMA, {"debias": "yes"}, "debias"),
+    Row("ema_params", _EMA, {"dtype": jnp.int32}, "dtype"),
+    Row("ema_params", _EMA, {"name": ""}, "name"),
+    Row("ema_params", _EMA, {"metrics_every": 0}, "metrics_every"),
+    Row("ema_params", _EMA, {"mask": {"a": 3}}, "mask"),
+    Row("ema_params", _EMA, {"mask": _BAD_MASK}, "mask", at_init=True),
+]
+ROWS += [Row(n, f, {"start_step": v}, "start_step") for n, f in (("ema_params", _EMA), ("swa", _SWA))
+         for v in (-1, 1.5)]  # fmt: skip
+ROWS += [Row(n, f, {"every": v}, "every") for n, f in (("ema_params", _EMA), ("swa", _SWA))
+         for v in (0, "2")]  # fmt: skip
+ROWS += [
+    Row("swa", _SWA, {"dtype": "int8"}, "dtype"),
+    Row("swa", _SWA, {"name": "a/b"}, "name"),
+    Row("swa", _SWA, {"mask": _BAD_MASK}, "mask", at_init=True),
+    Row("averaged_params", optareg.averaged_params, {"opt_state": (), "params": _P}, "opt_state"),
+    Row(
+        "averaged_params",
+        optareg.averaged_params,
+        {"opt_state": optareg.swa().init(_P), "params": _P, "name": "ema"},
+        "name",
+    ),
+    Row("recompute_batch_stats", _RBS, {"model": 3, "batches": ()}, "model"),
+]
+ROWS += _strength_rows("weight_decay_for_timescale", _WDT, {"learning_rate": 1e-3}, "timescale",
+                       positive=True)  # fmt: skip
+ROWS += _strength_rows("weight_decay_for_timescale", _WDT, {"timescale": 10.0}, "learning_rate",
+                       positive=True)  # fmt: skip
+ROWS += [
+    Row("weight_decay_for_timescale", _WDT, {"timescale": 1.0, "learning_rate": 1e-3,
+                                             "steps_per_epoch": 0}, "steps_per_epoch"),
+]  # fmt: skip
+ROWS += _strength_rows("decay_timescale", _DT, {"learning_rate": 1e-3}, "weight_decay",
+                       positive=True)  # fmt: skip
+ROWS += _strength_rows("decay_timescale", _DT, {"weight_decay": 0.1}, "learning_rate",
+                       positive=True)  # fmt: skip
+
 # --- operators (scalar arguments given as Python / NumPy numbers are checked eagerly) ----------
 _X = jnp.ones((3, 4))
 _OPS_FIX = None  # fixed: operators validate their scalar arguments
