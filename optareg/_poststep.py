@@ -8,8 +8,14 @@ to :func:`transformation`, which does everything else once:
   per-leaf ``select`` predicate (e.g. "matrices only");
 * dtypes: ``x = θ + u`` is formed in at least float32, the operator's result ``y`` is returned as
   the update ``(y − θ)`` cast to the update's dtype (the parameter's where that is wider, or
-  always, for ``update_dtype="param"``), so ``optax.apply_updates(θ, u')`` lands on ``y``:
-  exact zeros stay exact;
+  always, for ``update_dtype="param"``), so ``optax.apply_updates(θ, u')`` lands next to
+  ``y``: ``|θ_new − y| ≤ ½ulp(θ) + ulp(y)`` entrywise (ulps in θ's dtype), exact zeros exact
+  (the landing guarantee; ``θ_new = y`` wherever ``y − θ`` is exact in the update's dtype);
+* inequalities (``inequality=``): an operator whose set is an inequality (``max_norm``,
+  ``non_neg``, the exact ``spectral_clip``, ``project``...) declares how to test the landed
+  parameters and how to pull a unit in; the units that rounding left outside are landed again
+  with a directed rounding (or a target the hook pulled inside), so ``θ_new`` is *inside* after
+  every step from any start (:func:`land_inside`); units already inside keep their landing;
 * schedules, evaluated on the transform's own int32 counter;
 * per-leaf state (power-iteration vectors, a reference point, a compensation buffer) carried in
   params-structured trees of the state;
@@ -29,7 +35,15 @@ import optax
 
 from optareg import _chain, _counters, _masking, _numerics, _paths, _validation
 
-__all__ = ["Leaf", "PostStepState", "returned_dtype", "transformation"]
+__all__ = [
+    "Leaf",
+    "PostStepState",
+    "land",
+    "land_inside",
+    "returned_dtype",
+    "transformation",
+    "update_toward",
+]
 
 
 class Leaf(NamedTuple):
@@ -76,6 +90,14 @@ class PostStepState(NamedTuple):
 
 
 Operator = Callable[..., Any]
+Inequality = Callable[..., tuple[Any, Any, Any]]
+"""``inequality(leaf, y, new_leaf_state, land_at, **hp) -> (ok, target, direction)``:
+``leaf.landed`` holds the landed parameters ``θ ⊕ u'`` (θ's dtype) and ``y`` the operator's
+result (compute dtype); ``ok`` (bool, broadcastable to the leaf) marks the units of
+``leaf.landed`` inside the set; the others are landed at ``target`` rounded toward
+``direction`` (``+1`` up, ``−1`` down, ``0`` nearest; broadcastable), see
+:func:`update_toward`. ``land_at(target, direction)`` returns where that landing would be (θ's
+dtype), for a hook that checks a pulled target before choosing it."""
 StatsFn = Callable[[Sequence[Leaf], Sequence[jax.Array], Mapping[str, Any]], Mapping[str, Any]]
 
 
@@ -112,7 +134,53 @@ def returned_dtype(u_dtype: Any, p_dtype: Any, update_dtype: str = "update") -> 
     return p_dtype if update_dtype == "param" else jnp.promote_types(u_dtype, p_dtype)
 
 
-def _leaf_update(operator, u, p, path, leaf_state, hp, update_dtype, stateful, index, returns):
+def land(p: Any, u: jax.Array) -> jax.Array:
+    """``optax.apply_updates(θ, u)`` for one leaf: ``θ + u`` in their promoted dtype, in θ's."""
+    return jnp.asarray(p + u).astype(jnp.asarray(p).dtype)
+
+
+def update_toward(p: Any, target: jax.Array, direction: Any, u_dtype: Any) -> jax.Array:
+    """An update ``u`` (``u_dtype``) whose landing ``θ ⊕ u`` (:func:`land`) lies on the
+    ``direction`` side of ``target``, next to it: ``direction · (θ ⊕ u − target) ≥ 0`` entrywise
+    (``direction`` 0: the nearest landing, ``u = target − θ`` rounded).
+
+    ``target`` is rounded to θ's dtype toward ``direction`` first; where ``target − θ`` is not
+    exact in ``u_dtype`` (``|θ| ≫ |target|``: the sum cancels exactly, and its grid is
+    ``ulp(u)``), ``u`` is moved one ulp toward ``direction`` (at most twice), so the landing
+    error is at most one grid step, ``≤ ulp(θ) + ulp(target)``.
+    """
+    p = jnp.asarray(p)
+    dt, d = target.dtype, jnp.sign(jnp.asarray(direction, target.dtype))
+    toward = jnp.where(d > 0, jnp.inf, -jnp.inf)
+    t = target.astype(p.dtype)
+    t = jnp.where(d * (t.astype(dt) - target) < 0, jnp.nextafter(t, toward.astype(p.dtype)), t)
+    u = (t.astype(dt) - p.astype(dt)).astype(u_dtype)
+    for _ in range(2):
+        wrong = d * (land(p, u).astype(dt) - target) < 0
+        u = jnp.where(wrong, jnp.nextafter(u, toward.astype(u_dtype)), u)
+    return u
+
+
+def land_inside(p: Any, u: jax.Array, landed: jax.Array, check: Callable[[], Any]):
+    """``(u', landed')``: the units that :data:`Inequality`'s ``check()`` finds outside are
+    landed again at its ``target``, rounded toward its ``direction``; the others keep ``u``.
+
+    The re-landing runs (``lax.cond``) only on the steps where some unit is outside.
+    """
+    ok, target, direction = check()
+    ok = jnp.broadcast_to(ok, landed.shape)
+
+    def pull():
+        inside = update_toward(p, target, jnp.broadcast_to(direction, target.shape), u.dtype)
+        return jnp.where(ok, u, inside)
+
+    new_u = jax.lax.cond(jnp.all(ok), lambda: u, pull)
+    return new_u, land(p, new_u)
+
+
+def _leaf_update(
+    operator, u, p, path, leaf_state, hp, update_dtype, stateful, index, returns, inequality
+):
     """``(u', y, new_leaf_state, leaf)`` for one selected leaf."""
     dt = _numerics.compute_dtype(p, u)
     theta, step = p.astype(dt), u.astype(dt)
@@ -124,7 +192,17 @@ def _leaf_update(operator, u, p, path, leaf_state, hp, update_dtype, stateful, i
         new_u = y.astype(target)
     else:
         new_u = (y.astype(dt) - theta).astype(target)
-    landed = jnp.asarray(p + new_u).astype(jnp.asarray(p).dtype)  # as optax.apply_updates
+    landed = land(p, new_u)  # as optax.apply_updates
+    if inequality is not None:
+        yc = y.astype(dt)
+
+        def land_at(t, direction):
+            return land(p, update_toward(p, t, direction, new_u.dtype))
+
+        def check():
+            return inequality(leaf._replace(landed=landed), yc, new_state, land_at, **hp)
+
+        new_u, landed = land_inside(p, new_u, landed, check)
     return new_u, y, new_state, leaf._replace(landed=landed)
 
 
@@ -143,6 +221,7 @@ def transformation(
     kind: str = "post_step",
     returns: str = "target",
     one_leaf_at_a_time: bool = False,
+    inequality: Inequality | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Turn a per-leaf operator into a post-step ``optax`` transform (the one shared path).
 
@@ -172,6 +251,9 @@ def transformation(
         parameters (on CPU only; the values are unchanged), so that XLA:CPU reuses one
         temporary buffer for ``x`` instead of allocating one per leaf (fresh memory, i.e. page
         faults, on every step).
+      inequality: for an operator whose set is an inequality: the hook (:data:`Inequality`)
+        that tests the landed parameters and says how to pull the units that rounding left
+        outside back in (:func:`land_inside`); ``None``: the landing guarantee alone.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
@@ -216,7 +298,7 @@ def transformation(
             if one_leaf_at_a_time and leaves:
                 u = _numerics.after(u, leaves[-1].landed)
             new_u[i], y, leaf_state, leaf = _leaf_update(
-                operator, u, p, path, leaf_state, hp, update_dtype, stateful, i, returns
+                operator, u, p, path, leaf_state, hp, update_dtype, stateful, i, returns, inequality
             )
             for f in new_fields:
                 new_fields[f][i] = leaf_state[f]

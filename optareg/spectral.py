@@ -70,6 +70,7 @@ from optareg import _chain, _masking, _numerics, _paths, _poststep, _validation
 from optareg._spectral_ops import (
     clip_exact,
     clip_newton_schulz,
+    landing_pull,
     power_iterate,
     sigma_max,
     start_vectors,
@@ -286,6 +287,28 @@ def _exact_leaf(leaf: _poststep.Leaf, plan: _Plan, c: jax.Array, **_) -> tuple[A
     """``"exact"``: the projection of ``θ + u`` by ``eigh`` of the Gram; σ_max is exact."""
     y, sigma = clip_exact(_to_mats(leaf.x, plan), c)
     return _from_mats(y, plan), {**leaf.state, "sigma": sigma.reshape(plan.batch_shape)}
+
+
+def _exact_inside(leaf, y, new_state, land_at, max_norm, **_):
+    """The exact method's inequality (:data:`optareg._poststep.Inequality`): a matrix that
+    rounding left above ``c`` is landed at ``y·(1 − m)``, ``m`` from :func:`landing_pull`."""
+    plan, dt = _ACTIVE_PLANS.get()[leaf.path], y.dtype
+    c = _scalar(max_norm, dt)
+
+    def mats(t):
+        return _to_mats(t.astype(dt), plan)
+
+    def land_scaled(scale):
+        return mats(land_at(y * _per_matrix(scale, plan, y.ndim), 0))
+
+    p = jnp.asarray(leaf.param)
+    ulp = jnp.spacing(jnp.abs(p)).astype(dt) + 2 * jnp.spacing(jnp.abs(y).astype(p.dtype))
+    sigma_x = new_state["sigma"].astype(dt).reshape(plan.batch)
+    ok, scale = landing_pull(
+        mats(leaf.landed), mats(y), sigma_x, c, land_scaled, mats(ulp.astype(dt))
+    )
+    nd = y.ndim
+    return _per_matrix(ok, plan, nd), y * _per_matrix(scale, plan, nd), jnp.zeros((), dt)
 
 
 def _vectors(leaf: _poststep.Leaf, plan: _Plan) -> tuple[jax.Array, jax.Array]:
@@ -647,6 +670,7 @@ def spectral_clip(
         select=lambda p, path: _ACTIVE_PLANS.get().get(path) is not None,
         init_state=init_state,
         state_cls=SpectralClipState,
+        inequality=_exact_inside if method == "exact" else None,
     )
     return _with_plans(inner, matrix_axes, layout)
 
