@@ -15,16 +15,15 @@ of radius 3, as in the paper). We plot the per-unit norms of both runs and log
 ``max_norm/on_boundary`` (the fraction of units sitting on the constraint) through
 ``optareg.metrics``.
 
-Writes examples/figures/constraint_equivalence.png.
+Writes ``constraint_equivalence.png`` to ``--out`` (default ``examples/out``).
 Run: ``python examples/constraint_equivalence.py [--pgd-steps 20000] [--mlp-steps 1500]``
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import time
 
+import _cli
 import jax
 import jax.numpy as jnp
 import matplotlib
@@ -40,7 +39,7 @@ import optareg
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-FIGURE = os.path.join(os.path.dirname(__file__), "figures", "constraint_equivalence.png")
+FIGURE = "constraint_equivalence.png"  # written to --out
 MAX_NORM = 3.0
 
 
@@ -247,30 +246,41 @@ def plot(radii, w_lasso, w_ball, runs, path):
     extra = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + extra[0], lines[1] + extra[1], fontsize=8, loc="center right")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pgd-steps", type=int, default=20_000, help="PGD steps per radius")
-    parser.add_argument("--mlp-steps", type=int, default=1500, help="SGD steps per MLP run")
-    parser.add_argument("--hidden", type=int, default=128, help="hidden units per layer")
-    parser.add_argument("--lr", type=float, default=0.3, help="peak learning rate (cosine decay)")
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--out", default=FIGURE, help="figure path")
-    parser.add_argument("--no-plot", action="store_true")
+    parser = _cli.parser(__doc__)
+    parser.add_argument(
+        "--pgd-steps", type=_cli.positive_int, default=20_000, help="PGD steps per radius"
+    )
+    parser.add_argument(
+        "--mlp-steps", type=_cli.positive_int, default=1500, help="SGD steps per MLP run"
+    )
+    parser.add_argument(
+        "--hidden", type=_cli.positive_int, default=128, help="hidden units per layer"
+    )
+    parser.add_argument(
+        "--lr", type=_cli.positive_float, default=0.3, help="peak learning rate (cosine decay)"
+    )
+    parser.add_argument(
+        "--batch", type=_cli.positive_int, default=128, help="minibatch size (at most 1257)"
+    )
+    parser.add_argument("--no-plot", action="store_true", help="do not save the figure")
+    _cli.add_out(parser)
     args = parser.parse_args(argv)
-    for flag, value in (("--pgd-steps", args.pgd_steps), ("--mlp-steps", args.mlp_steps)):
-        if value < 1:
-            parser.error(f"{flag} must be at least 1; got {value}")
+    if args.batch > 1257:  # the 70 % training split of the 1797 digits, drawn without replacement
+        parser.error(
+            f"argument --batch: must be at most 1257 (the training images), got {args.batch}"
+        )
     t0, c0 = time.perf_counter(), time.process_time()
     radii, w_lasso, w_ball = part1(args.pgd_steps)
     runs = part2(args.hidden, args.mlp_steps, args.lr, args.batch)
     if not args.no_plot:
-        plot(radii, w_lasso, w_ball, runs, args.out)
-        print(f"\nwrote {args.out}")
+        path = _cli.figure_path(args.out, FIGURE)
+        plot(radii, w_lasso, w_ball, runs, path)
+        print(f"\nwrote {path}")
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     print(f"wall time: {wall:.1f} s (CPU time of this process: {cpu:.1f} s)")
     return {"radii": radii, "w_lasso": w_lasso, "w_ball": w_ball, "runs": runs}

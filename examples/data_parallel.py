@@ -36,10 +36,10 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
         os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     ).strip()
 
-import argparse  # noqa: E402
 import time  # noqa: E402
 from functools import partial  # noqa: E402
 
+import _cli  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -50,7 +50,7 @@ from sklearn.datasets import load_digits  # noqa: E402
 
 import optareg  # noqa: E402
 
-FIGURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "figures", "data_parallel.png")
+FIGURE = "data_parallel.png"  # written to --out
 
 
 def init_mlp(key, sizes):
@@ -129,17 +129,31 @@ def table(rows, header):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=150, help="training steps")
-    parser.add_argument("--batch", type=int, default=128, help="global batch size")
-    parser.add_argument("--hidden", type=int, default=64, help="hidden units")
-    parser.add_argument("--lr", type=float, default=0.05, help="SGD learning rate")
-    parser.add_argument("--rho", type=float, default=0.05, help="SAM radius")
-    parser.add_argument("--l1", type=float, default=1e-3, help="prox_l1 strength")
-    parser.add_argument("--max-norm", type=float, default=3.0, help="spectral_clip bound")
-    parser.add_argument("--log-every", type=int, default=50, help="steps between table rows")
+    parser = _cli.parser(__doc__)
+    parser.add_argument("--steps", type=_cli.positive_int, default=150, help="training steps")
+    parser.add_argument(
+        "--batch",
+        type=_cli.positive_int,
+        default=128,
+        help="global batch size (a multiple of the device count, at most 1400)",
+    )
+    parser.add_argument("--hidden", type=_cli.positive_int, default=64, help="hidden units")
+    parser.add_argument("--lr", type=_cli.positive_float, default=0.05, help="SGD learning rate")
+    parser.add_argument("--rho", type=_cli.positive_float, default=0.05, help="SAM radius")
+    parser.add_argument("--l1", type=_cli.nonnegative_float, default=1e-3, help="prox_l1 strength")
+    parser.add_argument(
+        "--max-norm", type=_cli.positive_float, default=3.0, help="spectral_clip bound"
+    )
+    parser.add_argument(
+        "--log-every", type=_cli.positive_int, default=50, help="steps between table rows"
+    )
     parser.add_argument("--no-plot", action="store_true", help="do not save the PNG")
+    _cli.add_out(parser)
     args = parser.parse_args(argv)
+    if args.batch > 1400:  # the training images, drawn without replacement
+        parser.error(
+            f"argument --batch: must be at most 1400 (the training images), got {args.batch}"
+        )
 
     devices = jax.devices()
     n_dev = len(devices)
@@ -240,16 +254,21 @@ def main(argv=None):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, axes = plt.subplots(1, 3, figsize=(11, 3))
-        for ax, key in zip(axes, ("loss", "test_acc", "sparsity"), strict=True):
+        panels = (
+            ("loss", "training loss", "minibatch loss (cross-entropy)"),
+            ("test_acc", "test accuracy", "accuracy on held-out digits"),
+            ("sparsity", "prox_l1 sparsity", "prox_l1/zeros_fraction"),
+        )
+        fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+        for ax, (key, title, ylabel) in zip(axes, panels, strict=True):
             ax.plot(history["step"], history[key], marker="o")
-            ax.set_title(key)
-            ax.set_xlabel("step")
+            ax.set(title=title, xlabel="step", ylabel=ylabel)
+            ax.grid(alpha=0.3)
         fig.suptitle(f"data-parallel SAM + spectral_clip + prox_l1 on {n_dev} devices")
         fig.tight_layout()
-        os.makedirs(os.path.dirname(FIGURE), exist_ok=True)
-        fig.savefig(FIGURE, dpi=80)
-        print(f"saved {FIGURE}")
+        path = _cli.figure_path(args.out, FIGURE)
+        fig.savefig(path, dpi=100)
+        print(f"saved {path}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ two-layer MLP (plain JAX pytree). The same Adam optimizer is trained in five set
 Each setting runs ``optareg.chain(track("raw"), <optimizer>, track("step"))``; per step the script
 reads ``optareg.metrics`` (train loss, ``raw/grad_norm``, ``step/param_norm``,
 ``step/update_ratio``, ``step/sparsity``) inside the jitted epoch (``lax.scan``) and saves
-``examples/figures/diagnostics.png``: one row per metric, the raw per-step curve on the left and
+``diagnostics.png`` in ``--out`` (default ``examples/out``): one row per metric, the raw per-step curve on the left and
 its exponential moving average on the right. Smoothing is what most dashboards show, and it hides
 exactly the spikes that announce trouble: compare the ``lr x10`` curves in both columns.
 
@@ -24,10 +24,9 @@ Run: ``python examples/diagnostics.py`` (about 15 s on 2 CPU cores; ``--epochs``
 
 from __future__ import annotations
 
-import argparse
-import os
 import time
 
+import _cli
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,8 +36,7 @@ from sklearn.model_selection import train_test_split
 
 import optareg
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-FIG = os.path.join(HERE, "figures", "diagnostics.png")
+FIG = "diagnostics.png"  # written to --out
 METRICS = [
     ("loss", "train loss (mini-batch)", "log"),
     ("raw/grad_norm", "gradient norm ‖g‖", "log"),
@@ -161,33 +159,35 @@ def plot(histories: dict[str, dict[str, np.ndarray]], beta: float, path: str) ->
             ax.grid(alpha=0.3)
             if row == 0:
                 ax.set_title("raw (per step)" if not smooth else f"smoothed (EMA β={beta})")
-    axes[0, 0].legend(fontsize=8, loc="upper right")
     for ax in axes[-1]:
         ax.set_xlabel("step")
-    fig.suptitle("optareg.track metrics read with optareg.metrics: raw beside smoothed")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.suptitle("optareg.track metrics read with optareg.metrics: raw beside smoothed", y=0.995)
+    # one legend for all panels, in a row of its own under the title: inside a panel it covers
+    # curves (every panel has data in every corner at some setting)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), bbox_to_anchor=(0.5, 0.97))
+    fig.tight_layout(rect=(0, 0, 1, 0.945))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--smoothing", type=float, default=0.98, help="EMA coefficient β")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=FIG)
+    parser = _cli.parser(__doc__)
+    parser.add_argument("--epochs", type=_cli.positive_int, default=10, help="training epochs")
+    parser.add_argument("--hidden", type=_cli.positive_int, default=64, help="hidden units")
+    parser.add_argument("--batch-size", type=_cli.positive_int, default=32, help="minibatch size")
+    parser.add_argument("--lr", type=_cli.positive_float, default=3e-3, help="Adam learning rate")
+    parser.add_argument(
+        "--smoothing", type=_cli.decay_rate, default=0.98, help="EMA coefficient β, in [0, 1)"
+    )
+    parser.add_argument("--seed", type=_cli.nonnegative_int, default=0, help="random seed")
+    _cli.add_out(parser)
     args = parser.parse_args(argv)
-    if args.epochs < 1:
-        parser.error(f"--epochs must be at least 1; got {args.epochs}")
-    if not 0.0 <= args.smoothing < 1.0:
-        parser.error(f"--smoothing must be in [0, 1); got {args.smoothing}")
     t0 = time.perf_counter()
 
     data = load_data(args.seed)
+    if args.batch_size > len(data[0]):
+        parser.error(f"argument --batch-size: must be at most {len(data[0])} (the training set)")
     histories, rows = {}, []
     for name, tx in settings(args.lr).items():
         h, acc = train(
@@ -227,8 +227,9 @@ def main(argv=None):
             f"{name:<16} {acc:7.4f} {pn:7.2f} {med:13.2e} {spike:9.1f} {spike_ema:9.1f} "
             f"{sp:6.3f} {nf:10d}"
         )
-    plot(histories, args.smoothing, args.out)
-    print(f"saved {os.path.relpath(args.out)}; done in {time.perf_counter() - t0:.1f} s")
+    path = _cli.figure_path(args.out, FIG)
+    plot(histories, args.smoothing, path)
+    print(f"saved {path}; done in {time.perf_counter() - t0:.1f} s")
     return rows
 
 

@@ -22,18 +22,17 @@ What it shows:
   so that it converges to the minimum-norm interpolator (the implicit regularization of gradient
   descent; in 3000 steps it is still on its way there).
 
-Saves ``examples/figures/double_descent.png``, which the docs show (``docs/hooks.py`` serves
-``examples/figures/``).
+Saves ``double_descent.png`` in ``--out`` (default ``examples/out``); ``scripts/figures.sh``
+regenerates the copy the docs show, ``examples/figures/double_descent.png``.
 
 Run: ``python examples/double_descent.py`` (about 10 s on 2 CPU cores).
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import time
 
+import _cli
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,8 +42,7 @@ from threadpoolctl import threadpool_limits
 
 import optareg
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-FIG = os.path.join(HERE, "figures", "double_descent.png")
+FIG = "double_descent.png"  # written to --out
 
 
 def load_data():
@@ -180,18 +178,26 @@ def plot(widths, errs, n_train, path):
     ax.set_title("Random-features regression on diabetes: double descent")
     ax.legend()
     fig.tight_layout()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n-train", type=int, default=80)
-    parser.add_argument("--seeds", type=int, default=20, help="random splits / feature draws")
-    parser.add_argument("--lam", type=float, default=1e-2, help="weight decay (mean-loss λ)")
-    parser.add_argument("--gd-steps", type=int, default=3000, help="steps of the optareg check")
-    parser.add_argument("--no-plot", action="store_true")
+    parser = _cli.parser(__doc__)
+    parser.add_argument(
+        "--n-train", type=_cli.int_at_least(2), default=80, help="training patients (of 442)"
+    )
+    parser.add_argument(
+        "--seeds", type=_cli.positive_int, default=20, help="random splits / feature draws"
+    )
+    parser.add_argument(
+        "--lam", type=_cli.positive_float, default=1e-2, help="weight decay (mean-loss λ)"
+    )
+    parser.add_argument(
+        "--gd-steps", type=_cli.positive_int, default=3000, help="steps of the optareg check"
+    )
+    parser.add_argument("--no-plot", action="store_true", help="do not save the figure")
+    _cli.add_out(parser)
     args = parser.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -199,9 +205,6 @@ def main(argv=None):
     n = args.n_train
     if not 2 <= n <= len(y) - 2:  # a test set of at least 2 patients
         parser.error(f"--n-train must be in [2, {len(y) - 2}] (the set has {len(y)}); got {n}")
-    for flag, value in (("--seeds", args.seeds), ("--gd-steps", args.gd_steps)):
-        if value < 1:
-            parser.error(f"{flag} must be at least 1; got {value}")
     rel = [0.125, 0.25, 0.5, 0.75, 0.875, 0.9375, 1.0, 1.0625, 1.125, 1.25, 1.5, 2, 3, 5, 10, 20]
     widths = sorted({max(2, round(r * n)) for r in rel})
     lams = [0.0, 1e-3, args.lam]
@@ -242,8 +245,9 @@ def main(argv=None):
     )
 
     if not args.no_plot:
-        plot(widths, errs, n, FIG)
-        print(f"\nsaved {os.path.relpath(FIG)} (shown in the docs as figures/double_descent.png)")
+        path = _cli.figure_path(args.out, FIG)
+        plot(widths, errs, n, path)
+        print(f"\nsaved {path}")
     print(f"wall time {time.perf_counter() - t0:.1f} s")
 
 

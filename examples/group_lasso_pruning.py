@@ -17,9 +17,9 @@ Run: ``python examples/group_lasso_pruning.py [--hidden 64] [--steps 1500]``
 
 from __future__ import annotations
 
-import argparse
 import time
 
+import _cli
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -85,10 +85,10 @@ def train_all(x, y, lambdas, hidden: int, steps: int, lr: float, seed: int = 0):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden", type=int, default=64, help="hidden units")
-    parser.add_argument("--steps", type=int, default=1500, help="full-batch steps")
-    parser.add_argument("--lr", type=float, default=0.1)
+    parser = _cli.parser(__doc__)
+    parser.add_argument("--hidden", type=_cli.positive_int, default=64, help="hidden units")
+    parser.add_argument("--steps", type=_cli.positive_int, default=1500, help="full-batch steps")
+    parser.add_argument("--lr", type=_cli.positive_float, default=0.1, help="SGD learning rate")
     args = parser.parse_args(argv)
 
     x_tr, x_va, y_tr, y_va = load_data()

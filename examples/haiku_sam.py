@@ -31,9 +31,9 @@ Run: ``python examples/haiku_sam.py`` (about 15 s of CPU time on 2 cores).
 
 from __future__ import annotations
 
-import argparse
 import time
 
+import _cli
 import haiku as hk
 import jax
 import jax.numpy as jnp
@@ -53,17 +53,17 @@ def load_data(seed=0):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=0.05)
-    ap.add_argument("--rho", type=float, default=0.3)
-    ap.add_argument("--seed", type=int, default=0)
+    ap = _cli.parser(__doc__)
+    ap.add_argument("--steps", type=_cli.positive_int, default=600, help="training steps")
+    ap.add_argument("--batch", type=_cli.positive_int, default=64, help="minibatch size")
+    ap.add_argument("--lr", type=_cli.positive_float, default=0.05, help="SGD learning rate")
+    ap.add_argument("--rho", type=_cli.positive_float, default=0.3, help="SAM radius ρ")
+    ap.add_argument("--seed", type=_cli.nonnegative_int, default=0, help="random seed")
     args = ap.parse_args(argv)
-    if args.steps < 1:
-        ap.error(f"--steps must be at least 1; got {args.steps}")
 
     Xtr, ytr, Xte, yte = load_data(args.seed)
+    if args.batch > len(ytr):  # minibatches are drawn without replacement
+        ap.error(f"argument --batch: must be at most {len(ytr)} (the training images)")
     net = hk.without_apply_rng(hk.transform(lambda x: hk.nets.MLP([128, 128, 10])(x)))
     params0 = net.init(jax.random.PRNGKey(args.seed), jnp.asarray(Xtr[:1]))
 

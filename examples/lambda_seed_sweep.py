@@ -40,7 +40,7 @@ Printed: validation error (mean ± std over seeds, min–max) and test error per
 on the seed-averaged validation error, the λ each single seed would have chosen and what that
 choice costs on the test set, and the wall time of the vmapped call against the same runs in a
 Python loop (one jitted run, compiled once since λ and the seed are arguments), with the compiled
-program's memory. Saves ``examples/figures/lambda_seed_sweep.png``.
+program's memory. Saves ``lambda_seed_sweep.png`` in ``--out`` (default ``examples/out``).
 
 Run: ``python examples/lambda_seed_sweep.py`` (``--seeds``, ``--num-lambdas``, ``--steps``,
 ``--hidden``, ``--label-noise``, ``--eval-every``, ``--patience``, ``--families``, ``--loop``,
@@ -49,10 +49,9 @@ Run: ``python examples/lambda_seed_sweep.py`` (``--seeds``, ``--num-lambdas``, `
 
 from __future__ import annotations
 
-import argparse
-import os
 import time
 
+import _cli
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,8 +61,7 @@ from sklearn.model_selection import train_test_split
 
 import optareg
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-FIG = os.path.join(HERE, "figures", "lambda_seed_sweep.png")
+FIG = "lambda_seed_sweep.png"  # written to --out
 FAMILIES = ("weight decay", "L1 (prox)")
 
 
@@ -291,26 +289,46 @@ def plot(results, path, setting: str):
         ax.set_xticks(x)
         ax.set_xticklabels(["0"] + [f"{v:.0e}" for v in lam[1:]], rotation=45, fontsize=7)
         ax.set(title=family, xlabel="λ", ylabel="classification error (final weights)")
-        ax.set_ylim(0.9 * min(val.min(), test.mean(axis=1).min()), 2.2 * val.mean(axis=1).min())
-        ax.legend(fontsize=7)
+        # every point in view, the largest λ included; a log axis keeps the minimum readable
+        lo = min(val.min(), test.mean(axis=1).min(), r["test_es"].mean(axis=1).min())
+        ax.set_yscale("log")
+        ax.set_ylim(0.85 * lo, 1.3 * max(val.max(), test.mean(axis=1).max()))
+        ax.legend(fontsize=7, loc="upper left")
     fig.suptitle(f"λ × seed sweep, one jit(vmap(vmap(train))) call per regularizer ({setting})")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--num-lambdas", type=int, default=8, help="grid size (λ = 0 added)")
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--label-noise", type=float, default=0.25, help="random training labels")
-    parser.add_argument("--eval-every", type=int, default=25)
-    parser.add_argument("--patience", type=int, default=4, help="early stopping, in evaluations")
+    parser = _cli.parser(__doc__)
+    parser.add_argument("--seeds", type=_cli.positive_int, default=5, help="seeds per λ")
+    parser.add_argument(
+        "--num-lambdas", type=_cli.int_at_least(2), default=8, help="grid size (λ = 0 added)"
+    )
+    parser.add_argument(
+        "--steps",
+        type=_cli.positive_int,
+        default=400,
+        help="training steps (a multiple of --eval-every)",
+    )
+    parser.add_argument("--hidden", type=_cli.positive_int, default=256, help="hidden units")
+    parser.add_argument(
+        "--batch-size", type=_cli.positive_int, default=32, help="minibatch size (with replacement)"
+    )
+    parser.add_argument("--lr", type=_cli.positive_float, default=3e-3, help="Adam learning rate")
+    parser.add_argument(
+        "--label-noise",
+        type=_cli.probability,
+        default=0.25,
+        help="fraction of training labels replaced by random ones",
+    )
+    parser.add_argument(
+        "--eval-every", type=_cli.positive_int, default=25, help="steps between evaluations"
+    )
+    parser.add_argument(
+        "--patience", type=_cli.positive_int, default=4, help="early stopping, in evaluations"
+    )
     parser.add_argument(
         "--families",
         nargs="+",
@@ -324,12 +342,10 @@ def main(argv=None):
         default="first",
         help="time the same runs in a Python loop for the first sweep, all sweeps or none",
     )
-    parser.add_argument("--out", default=FIG, help="where to save the figure")
+    _cli.add_out(parser)
     args = parser.parse_args(argv)
     if args.steps % args.eval_every:
         parser.error("--steps must be a multiple of --eval-every")
-    if args.seeds < 1 or args.num_lambdas < 2:
-        parser.error("need --seeds >= 1 and --num-lambdas >= 2")
     t0 = time.perf_counter()
 
     data = load_data(label_noise=args.label_noise)
@@ -371,8 +387,9 @@ def main(argv=None):
     setting = (
         f"digits MLP, {data[0].shape[0]} training images, {args.label_noise:.0%} random labels"
     )
-    plot(results, args.out, setting)
-    print(f"saved {os.path.relpath(args.out)}; done in {time.perf_counter() - t0:.1f} s")
+    path = _cli.figure_path(args.out, FIG)
+    plot(results, path, setting)
+    print(f"saved {path}; done in {time.perf_counter() - t0:.1f} s")
     return {"results": results, "timing": timing}
 
 

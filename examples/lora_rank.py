@@ -18,7 +18,7 @@ are whitened (``XᵀX/n = I``), which gives a third, closed-form answer: ``L(Δ)
 so the solution is ``SVT(Δ_ls, λ)``: the singular values of the least-squares fit shrunk by λ.
 
 The script prints the learned rank (singular values above ``--tol``) against λ for the three, the
-relative distance between the fits, and saves ``examples/figures/lora_rank.png`` (singular values
+relative distance between the fits, and saves ``lora_rank.png`` in ``--out`` (singular values
 of the learned Δ for several λ, both ways; and the rank-vs-λ curves), shown in the docs.
 
 Run: ``python examples/lora_rank.py`` (about 10 s on 2 CPU cores).
@@ -26,10 +26,9 @@ Run: ``python examples/lora_rank.py`` (about 10 s on 2 CPU cores).
 
 from __future__ import annotations
 
-import argparse
-import os
 import time
 
+import _cli
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,8 +36,7 @@ import optax
 
 import optareg
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-FIG = os.path.join(HERE, "figures", "lora_rank.png")
+FIG = "lora_rank.png"  # written to --out
 
 LAMBDAS = (0.05, 0.15, 0.3, 0.6, 1.2, 2.5, 5.0)
 
@@ -144,7 +142,6 @@ def plot(lams, spectra, ranks, tol, path):
     ax2.set_title("learned rank vs λ")
     ax2.legend()
     fig.tight_layout()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -156,16 +153,24 @@ def _relative(err: float, ref: float) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=256, help="number of input/output pairs")
-    parser.add_argument("--d-in", type=int, default=32)
-    parser.add_argument("--d-out", type=int, default=24)
-    parser.add_argument("--lora-rank", type=int, default=24, help="generous LoRA rank r")
-    parser.add_argument("--noise", type=float, default=0.5)
-    parser.add_argument("--steps", type=int, default=3000, help="steps of each fit")
-    parser.add_argument("--tol", type=float, default=1e-2, help="rank threshold on σ")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-plot", action="store_true")
+    parser = _cli.parser(__doc__)
+    parser.add_argument(
+        "--n", type=_cli.positive_int, default=256, help="number of input/output pairs"
+    )
+    # Δ_true has rank 4: both sides of the layer need at least 4 dimensions
+    parser.add_argument("--d-in", type=_cli.int_at_least(4), default=32, help="input dimension")
+    parser.add_argument("--d-out", type=_cli.int_at_least(4), default=24, help="output dimension")
+    parser.add_argument(
+        "--lora-rank", type=_cli.positive_int, default=24, help="generous LoRA rank r"
+    )
+    parser.add_argument(
+        "--noise", type=_cli.nonnegative_float, default=0.5, help="std of the output noise"
+    )
+    parser.add_argument("--steps", type=_cli.positive_int, default=3000, help="steps of each fit")
+    parser.add_argument("--tol", type=_cli.positive_float, default=1e-2, help="rank threshold on σ")
+    parser.add_argument("--seed", type=_cli.nonnegative_int, default=0, help="random seed")
+    parser.add_argument("--no-plot", action="store_true", help="do not save the figure")
+    _cli.add_out(parser)
     args = parser.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -220,8 +225,9 @@ def main(argv=None):
         "geometrically, so LoRA needs enough steps (and a threshold) to show its rank."
     )
     if not args.no_plot:
-        plot(LAMBDAS, spectra, ranks, args.tol, FIG)
-        print(f"saved {os.path.relpath(FIG)} (shown in the docs as figures/lora_rank.png)")
+        path = _cli.figure_path(args.out, FIG)
+        plot(LAMBDAS, spectra, ranks, args.tol, path)
+        print(f"saved {path}")
     print(f"wall time {time.perf_counter() - t0:.1f} s")
 
 

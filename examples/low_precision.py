@@ -18,7 +18,7 @@ bf16 rounding would drop; of the applied step it is 0 by construction with
 ``low_precision_updates`` (every entry of ``u'`` that is nonzero lands exactly).
 
 Prints the final training loss, validation accuracy and parameter norm per run, and saves
-``examples/figures/low_precision.png``: ‖θ‖, the training loss and the requested step's lost
+``low_precision.png`` in ``--out`` (default ``examples/out``): ‖θ‖, the training loss and the requested step's lost
 fraction over the steps.
 
 Run: ``python examples/low_precision.py`` (about 85 s of CPU time on 2 cores, half of it the four
@@ -27,10 +27,9 @@ compilations).
 
 from __future__ import annotations
 
-import argparse
-import os
 import time
 
+import _cli
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,8 +38,7 @@ from sklearn.datasets import load_digits
 
 import optareg
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-FIG = os.path.join(HERE, "figures", "low_precision.png")
+FIG = "low_precision.png"  # written to --out
 RUNS = {
     "float32": "float32",
     "bf16": "bf16",
@@ -121,16 +119,20 @@ def accuracy(params, data):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=1000, help="training steps per run")
-    ap.add_argument("--width", type=int, default=128, help="hidden width of the MLP")
-    ap.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate η")
-    ap.add_argument("--weight-decay", type=float, default=1.0, help="adamw's λ (decay η·λ/step)")
+    ap = _cli.parser(__doc__)
+    ap.add_argument("--steps", type=_cli.positive_int, default=1000, help="training steps per run")
+    ap.add_argument("--width", type=_cli.positive_int, default=128, help="hidden width of the MLP")
+    ap.add_argument("--lr", type=_cli.positive_float, default=1e-3, help="Adam learning rate η")
+    ap.add_argument(
+        "--weight-decay",
+        type=_cli.nonnegative_float,
+        default=1.0,
+        help="adamw's λ (decay η·λ/step)",
+    )
     ap.add_argument("--runs", default=",".join(RUNS), help=f"comma list of {', '.join(RUNS)}")
-    ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--no-plot", action="store_true", help="do not save the figure")
+    _cli.add_out(ap)
     args = ap.parse_args(argv)
-    if args.steps < 1:
-        ap.error(f"--steps must be at least 1; got {args.steps}")
     names = [k.strip() for k in args.runs.split(",") if k.strip()]
     unknown = [k for k in names if k not in RUNS]
     if unknown or not names:
@@ -194,9 +196,9 @@ def main(argv=None):
         for ax in axes:
             ax.legend()
         fig.tight_layout()
-        os.makedirs(os.path.dirname(FIG), exist_ok=True)
-        fig.savefig(FIG, dpi=110)
-        print(f"\nsaved {os.path.relpath(FIG)}")
+        path = _cli.figure_path(args.out, FIG)
+        fig.savefig(path, dpi=110)
+        print(f"\nsaved {path}")
     print(f"total time {time.perf_counter() - t0:.1f} s")
     return rows
 

@@ -40,9 +40,9 @@ Run: ``python examples/quickstart.py`` (about 10 s on 2 CPU cores; ``--epochs``,
 
 from __future__ import annotations
 
-import argparse
 import time
 
+import _cli
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -94,25 +94,36 @@ def make_optimizer(
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--weight-decay", type=float, default=1e-2)
-    parser.add_argument("--rho", type=float, default=0.05, help="SAM radius (0: no SAM)")
-    parser.add_argument("--patience", type=int, default=5)
-    parser.add_argument("--l1", type=float, default=0.0, help="prox_l1 strength, e.g. 0.1 (0: off)")
+    parser = _cli.parser(__doc__)
+    parser.add_argument("--epochs", type=_cli.positive_int, default=20, help="training epochs")
+    parser.add_argument("--hidden", type=_cli.positive_int, default=64, help="hidden units")
+    parser.add_argument("--batch-size", type=_cli.positive_int, default=64, help="minibatch size")
+    parser.add_argument("--lr", type=_cli.positive_float, default=3e-3, help="AdamW learning rate")
     parser.add_argument(
-        "--max-sigma", type=float, default=0.0, help="spectral_clip bound, e.g. 3 (0: off)"
+        "--weight-decay", type=_cli.nonnegative_float, default=1e-2, help="AdamW's weight decay"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--rho", type=_cli.nonnegative_float, default=0.05, help="SAM radius (0: no SAM)"
+    )
+    parser.add_argument(
+        "--patience", type=_cli.positive_int, default=5, help="early stopping, in epochs"
+    )
+    parser.add_argument(
+        "--l1", type=_cli.nonnegative_float, default=0.0, help="prox_l1 strength, e.g. 0.1 (0: off)"
+    )
+    parser.add_argument(
+        "--max-sigma",
+        type=_cli.nonnegative_float,
+        default=0.0,
+        help="spectral_clip bound, e.g. 3 (0: off)",
+    )
+    parser.add_argument("--seed", type=_cli.nonnegative_int, default=0, help="random seed")
     args = parser.parse_args(argv)
-    if args.epochs < 1:
-        parser.error(f"--epochs must be at least 1; got {args.epochs}")
     t0 = time.perf_counter()
 
     x_tr, x_va, y_tr, y_va = load_data(args.seed)
+    if args.batch_size > len(x_tr):
+        parser.error(f"argument --batch-size: must be at most {len(x_tr)} (the training set)")
     model = MLP(x_tr.shape[1], args.hidden, 10, nnx.Rngs(args.seed))
     tx = make_optimizer(args.lr, args.weight_decay, args.l1, args.max_sigma, args.rho)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)

@@ -28,7 +28,7 @@ mean and maximum of the monitored ``λ_max·η/2``. Measured on 2 CPU cores with
 λ_max(full) ≈ 0.55 (5.5× lower), edge_of_stability ≈ 0.15 (up to 0.53), at a training loss 1.2×
 SGD's and a higher test accuracy (0.988 vs 0.978).
 
-Saves ``examples/figures/sam_flatness.png``: the monitored λ_max along training for both runs
+Saves ``sam_flatness.png`` in ``--out``: the monitored λ_max along training for both runs
 with ``2/η`` drawn in, and the training loss.
 
 Run: ``python examples/sam_flatness.py`` (about 45 s of CPU time, compilation included).
@@ -36,9 +36,7 @@ Run: ``python examples/sam_flatness.py`` (about 45 s of CPU time, compilation in
 
 from __future__ import annotations
 
-import argparse
-import os
-
+import _cli
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,8 +46,7 @@ from sklearn.datasets import load_digits
 
 import optareg
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-FIG = os.path.join(HERE, "figures", "sam_flatness.png")
+FIG = "sam_flatness.png"  # written to --out
 TOP = "sharpness_monitor/top_eigenvalue"
 EOS = "sharpness_monitor/edge_of_stability"
 
@@ -103,19 +100,26 @@ def train(tx, params0, loss, batches):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=800, help="minibatch steps per run")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--width", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=0.2, help="SGD step size η (no momentum)")
-    ap.add_argument("--rho", type=float, default=0.3, help="SAM radius")
-    ap.add_argument("--every", type=int, default=20, help="measure λ_max every k steps")
-    ap.add_argument("--iters", type=int, default=8, help="HVPs per measurement")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-plot", action="store_true")
+    ap = _cli.parser(__doc__)
+    ap.add_argument("--steps", type=_cli.positive_int, default=800, help="minibatch steps per run")
+    ap.add_argument("--batch", type=_cli.positive_int, default=64, help="minibatch size")
+    ap.add_argument("--width", type=_cli.positive_int, default=128, help="hidden units per layer")
+    ap.add_argument(
+        "--lr", type=_cli.positive_float, default=0.2, help="SGD step size η (no momentum)"
+    )
+    ap.add_argument("--rho", type=_cli.positive_float, default=0.3, help="SAM radius ρ")
+    ap.add_argument(
+        "--every", type=_cli.positive_int, default=20, help="measure λ_max every k steps"
+    )
+    ap.add_argument("--iters", type=_cli.positive_int, default=8, help="HVPs per measurement")
+    ap.add_argument("--seed", type=_cli.nonnegative_int, default=0, help="random seed")
+    ap.add_argument("--no-plot", action="store_true", help="do not save the figure")
+    _cli.add_out(ap)
     args = ap.parse_args(argv)
 
     Xtr, ytr, Xte, yte = load_data(args.seed)
+    if args.batch > len(ytr):  # minibatches are drawn without replacement
+        ap.error(f"argument --batch: must be at most {len(ytr)} (the training images)")
     graphdef, params0 = nnx.split(MLP(args.width, rngs=nnx.Rngs(args.seed)))
     loss, accuracy = make_loss(graphdef)
     rng = np.random.default_rng(args.seed + 1)
@@ -188,18 +192,26 @@ def main(argv=None):
             ylabel="λ_max of the minibatch-loss Hessian",
             title="sharpness_monitor: top Hessian eigenvalue",
         )
-        a1.legend(title="dotted: final full-batch λ_max", fontsize=8, title_fontsize=8)
+        # below the axes: the SGD curve reaches every height of the panel
+        a1.legend(
+            title="dotted: final full-batch λ_max",
+            fontsize=8,
+            title_fontsize=8,
+            ncol=3,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.14),
+        )
         a2.set(
             xlabel="step",
             ylabel="minibatch loss (moving avg.)",
             yscale="log",
             title="training loss",
         )
-        a2.legend()
+        a2.legend(loc="upper right")
         fig.tight_layout()
-        os.makedirs(os.path.dirname(FIG), exist_ok=True)
-        fig.savefig(FIG, dpi=110)
-        print(f"saved {os.path.relpath(FIG)}")
+        path = _cli.figure_path(args.out, FIG)
+        fig.savefig(path, dpi=110)
+        print(f"saved {path}")
     return results
 
 

@@ -22,11 +22,10 @@ Run: ``python examples/sparse_logistic.py [--steps 10000] [--num-lambdas 16]``
 
 from __future__ import annotations
 
-import argparse
-import os
 import re
 import time
 
+import _cli
 import jax
 import jax.numpy as jnp
 import matplotlib
@@ -46,7 +45,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 # scikit-learn >= 1.8 spells the L1 penalty ``l1_ratio=1`` (``penalty`` is deprecated).
 SKLEARN_VERSION = tuple(int(v) for v in re.findall(r"\d+", sklearn.__version__)[:2])
 L1_KW = {"l1_ratio": 1.0} if SKLEARN_VERSION >= (1, 8) else {"penalty": "l1"}
-FIGURE = os.path.join(os.path.dirname(__file__), "figures", "sparse_logistic_path.png")
+FIGURE = "sparse_logistic_path.png"  # written to --out
 
 
 def load_data(seed: int = 0):
@@ -93,10 +92,15 @@ def accuracy(x, y, w, b):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10000, help="proximal-gradient steps per λ")
-    parser.add_argument("--num-lambdas", type=int, default=16)
-    parser.add_argument("--no-plot", action="store_true")
+    parser = _cli.parser(__doc__)
+    parser.add_argument(
+        "--steps", type=_cli.positive_int, default=10000, help="proximal-gradient steps per λ"
+    )
+    parser.add_argument(
+        "--num-lambdas", type=_cli.int_at_least(2), default=16, help="λ values on the path"
+    )
+    parser.add_argument("--no-plot", action="store_true", help="do not save the figure")
+    _cli.add_out(parser)
     args = parser.parse_args(argv)
 
     x_tr, x_te, y_tr, y_te = load_data()
@@ -142,7 +146,6 @@ def main(argv=None):
     )
 
     if not args.no_plot:
-        os.makedirs(os.path.dirname(FIGURE), exist_ok=True)
         fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
         axes[0].plot(lambdas, ws)
         axes[0].set_title("optareg.prox_l1 (vmap over λ)")
@@ -153,8 +156,9 @@ def main(argv=None):
             ax.set_xlabel("λ")
         axes[0].set_ylabel("coefficient")
         fig.tight_layout()
-        fig.savefig(FIGURE, dpi=100)
-        print(f"saved {FIGURE}")
+        path = _cli.figure_path(args.out, FIGURE)
+        fig.savefig(path, dpi=100)
+        print(f"saved {path}")
 
 
 if __name__ == "__main__":

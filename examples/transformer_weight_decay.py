@@ -52,7 +52,7 @@ script prints, per decayed matrix, the measured RMS and ``‖Δθ‖/‖θ‖`` 
 stable phase next to the predictions: how close they are measures how far real gradients are
 from the random-walk model (they carry signal, correlated across steps).
 
-Saves ``examples/figures/transformer_weight_decay.png``: train loss raw and smoothed (EMA) side
+Saves ``transformer_weight_decay.png`` in ``--out`` (default ``examples/out``): train loss raw and smoothed (EMA) side
 by side with the validation loss, the per-layer weight RMS against ``√(η_t/(2λ))``, the norms of
 the leaves ``decay_mask`` leaves out (mask vs decay all), the two conventions against their
 equilibria ``η_t/√(2λ_t)``, and the per-layer ``‖Δθ‖/‖θ‖``.
@@ -71,12 +71,11 @@ References:
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import inspect
-import os
 import time
 
+import _cli
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -85,8 +84,7 @@ from flax import nnx
 
 import optareg
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-FIG = os.path.join(HERE, "figures", "transformer_weight_decay.png")
+FIG = "transformer_weight_decay.png"  # written to --out
 MODULES = ("textwrap", "functools", "heapq", "fractions", "shlex", "string", "bisect", "random")
 LOGGED = ("raw/grad_norm", "step/param_norm", "step/update_ratio")  # what the tables and plots use
 VOCAB = 96  # "\n" and the 95 printable ASCII characters; anything else becomes "?"
@@ -526,13 +524,16 @@ def plot(history, val, layers, excluded, eta, tables, args, path):
     val_steps = np.arange(1, val.shape[1] + 1) * args.log_every
     colors = ["C0", "C3", "C1"]
     layer_color = [plt.cm.viridis(i / max(1, len(layers) - 1)) for i in range(len(layers))]
-    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
+    fig, axes = plt.subplots(2, 3, figsize=(17, 11))
+
+    def legend_below(ax, ncol):  # outside the axes: inside, every corner holds some curve
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=ncol, fontsize=9)
 
     ax = axes[0, 0]
     for r, name in enumerate(RUNS):
         ax.plot(steps, history["loss"][r], lw=0.6, color=colors[r], label=name)
     ax.set(title="train loss, raw (per step)", xlabel="step", ylabel="cross-entropy (nats/char)")
-    ax.legend(fontsize=8)
+    legend_below(ax, 1)
     ax = axes[0, 1]
     for r, name in enumerate(RUNS):
         ax.plot(steps, ema(history["loss"][r], beta), color=colors[r], label=f"{name}: train")
@@ -541,7 +542,7 @@ def plot(history, val, layers, excluded, eta, tables, args, path):
     ax.set(title=f"smoothed train loss (EMA β={beta}) and validation loss", xlabel="step")
     low = float(np.min(val))
     ax.set_ylim(low - 0.15, low + 1.2)
-    ax.legend(fontsize=8)
+    legend_below(ax, 2)
 
     ax = axes[0, 2]
     for c, (p, size) in zip(layer_color, layers.items(), strict=True):
@@ -555,7 +556,7 @@ def plot(history, val, layers, excluded, eta, tables, args, path):
     )
     ax.set(title=f"{RUNS[0]}: per-layer RMS(θ) = ‖θ‖/√C", xlabel="step", yscale="log")
     ax.set_ylim(0.015, 0.3)
-    ax.legend(fontsize=6, ncol=2)
+    legend_below(ax, 3)
 
     ax = axes[1, 0]
     for r in (0, 1):
@@ -566,7 +567,7 @@ def plot(history, val, layers, excluded, eta, tables, args, path):
     ax.plot([], [], "k-", label="LayerNorm scales")
     ax.plot([], [], "k:", label="embeddings")
     ax.set(title="the leaves decay_mask leaves out: ‖θ‖", xlabel="step", yscale="log")
-    ax.legend(fontsize=8)
+    legend_below(ax, 2)
 
     ax = axes[1, 1]
     for r in (0, 2):
@@ -580,7 +581,7 @@ def plot(history, val, layers, excluded, eta, tables, args, path):
         )
     ax.set(title="conventions at the same peak decay per step", xlabel="step", yscale="log")
     ax.set_ylim(0.005, 0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    legend_below(ax, 1)
     ax2 = ax.twinx()
     ax2.plot(steps, tables[0, 0], color=colors[0], lw=0.8, alpha=0.4)
     ax2.plot(steps, tables[2, 0], color=colors[2], lw=0.8, alpha=0.4)
@@ -592,12 +593,15 @@ def plot(history, val, layers, excluded, eta, tables, args, path):
         ax.plot(steps, ema(history[f"step/update_ratio/{p}"][0], beta), lw=1, color=c)
     pred = np.sqrt(2 * tables[0, 0] * (1 - args.b1) / (1 + args.b1))
     ax.plot(steps, pred, "k--", lw=1.5, label="√(2η_tλ(1−β₁)/(1+β₁))")
-    ax.set(title=f"{RUNS[0]}: per-layer ‖Δθ‖/‖θ‖ (EMA)", xlabel="step", yscale="log")
-    ax.legend(fontsize=8)
+    ax.set(
+        title=f"{RUNS[0]}: per-layer ‖Δθ‖/‖θ‖ (EMA; layer colors as above)",
+        xlabel="step",
+        yscale="log",
+    )
+    legend_below(ax, 1)
 
     fig.suptitle("AdamW weight decay on a character-level transformer (optareg.track, per layer)")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -606,29 +610,54 @@ def plot(history, val, layers, excluded, eta, tables, args, path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--d-model", type=int, default=48)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--context", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=4e-3, help="peak learning rate η")
+    parser = _cli.parser(__doc__)
     parser.add_argument(
-        "--weight-decay", type=float, default=2.0, help="AdamW λ (decay η·λ per step)"
+        "--steps", type=_cli.positive_int, default=400, help="steps (a multiple of --log-every)"
     )
-    parser.add_argument("--b1", type=float, default=0.9)
-    parser.add_argument("--b2", type=float, default=0.99)
     parser.add_argument(
-        "--log-every", type=int, default=25, help="steps per jitted chunk / validation"
+        "--d-model", type=_cli.positive_int, default=48, help="model width (a multiple of --heads)"
     )
-    parser.add_argument("--max-chars", type=int, default=300_000)
-    parser.add_argument("--smoothing", type=float, default=0.95, help="EMA coefficient β")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=FIG, help="where to save the figure")
+    parser.add_argument("--layers", type=_cli.positive_int, default=2, help="transformer blocks")
+    parser.add_argument("--heads", type=_cli.positive_int, default=4, help="attention heads")
+    parser.add_argument(
+        "--context", type=_cli.positive_int, default=32, help="characters per sequence"
+    )
+    parser.add_argument(
+        "--batch-size", type=_cli.positive_int, default=16, help="sequences per step"
+    )
+    parser.add_argument("--lr", type=_cli.positive_float, default=4e-3, help="peak learning rate η")
+    parser.add_argument(
+        "--weight-decay",
+        type=_cli.nonnegative_float,
+        default=2.0,
+        help="AdamW λ (decay η·λ per step)",
+    )
+    parser.add_argument("--b1", type=_cli.decay_rate, default=0.9, help="Adam's β₁, in [0, 1)")
+    parser.add_argument("--b2", type=_cli.decay_rate, default=0.99, help="Adam's β₂, in [0, 1)")
+    parser.add_argument(
+        "--log-every",
+        type=_cli.positive_int,
+        default=25,
+        help="steps per jitted chunk / validation",
+    )
+    parser.add_argument(
+        "--max-chars",
+        type=_cli.int_at_least(1000),
+        default=300_000,
+        help="characters of the corpus used (90 %% train, 10 %% validation)",
+    )
+    parser.add_argument(
+        "--smoothing", type=_cli.decay_rate, default=0.95, help="EMA coefficient β, in [0, 1)"
+    )
+    parser.add_argument("--seed", type=_cli.nonnegative_int, default=0, help="random seed")
+    _cli.add_out(parser)
     args = parser.parse_args(argv)
     if args.steps % args.log_every:
-        parser.error("--steps must be a multiple of --log-every")
+        parser.error("argument --steps: must be a multiple of --log-every")
+    if args.d_model % args.heads:
+        parser.error("argument --d-model: must be a multiple of --heads")
+    if args.context >= args.max_chars // 10 - 1:  # one validation sequence at least
+        parser.error("argument --context: must be below a tenth of --max-chars minus 1")
     t0, c0 = time.perf_counter(), time.process_time()
 
     run = run_all(args)
@@ -639,9 +668,10 @@ def main(argv=None):
     first = {k: v[0] for k, v in history.items()}
     eq = window, equilibrium_table(first, layers, eta, tables[0, 0], args.b1, window)
     print_tables(rows, eq, gaps, (t_first, t_all, t_check), args)
-    plot(history, val, layers, excluded, eta, tables, args, args.out)
+    path = _cli.figure_path(args.out, FIG)
+    plot(history, val, layers, excluded, eta, tables, args, path)
     print(
-        f"saved {os.path.relpath(args.out)}; done in {time.perf_counter() - t0:.1f} s wall, "
+        f"saved {path}; done in {time.perf_counter() - t0:.1f} s wall, "
         f"{time.process_time() - c0:.1f} s CPU (this process, imports excluded)"
     )
     return {"runs": rows, "equilibrium": eq[1], "adamw_gap": gaps}

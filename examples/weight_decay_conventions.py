@@ -18,7 +18,7 @@ Then L2-SP: a model "pretrained" on 1000 training images is fine-tuned on 60 oth
 decay toward its pretrained weights (``reference="init"``) versus the same decay toward zero.
 
 Prints the final validation accuracy and parameter norm per run, and saves
-``examples/figures/weight_decay_conventions.png``: parameter norm over steps per convention, and
+``weight_decay_conventions.png`` in ``--out`` (default ``examples/out``): parameter norm over steps per convention, and
 the distance from the pretrained weights during fine-tuning.
 
 Run: ``python examples/weight_decay_conventions.py`` (about 20 s of CPU time on 2 cores).
@@ -26,10 +26,9 @@ Run: ``python examples/weight_decay_conventions.py`` (about 20 s of CPU time on 
 
 from __future__ import annotations
 
-import argparse
-import os
 import time
 
+import _cli
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -39,8 +38,7 @@ from sklearn.datasets import load_digits
 
 import optareg
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-FIG = os.path.join(HERE, "figures", "weight_decay_conventions.png")
+FIG = "weight_decay_conventions.png"  # written to --out
 
 
 class MLP(nn.Module):
@@ -120,17 +118,21 @@ def conventions(lr, peak, lam):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=400, help="training steps per convention")
-    ap.add_argument("--width", type=int, default=128, help="hidden width of the MLP")
-    ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate η_max")
-    ap.add_argument("--weight-decay", type=float, default=1.0, help="PyTorch-convention λ")
-    ap.add_argument("--finetune-steps", type=int, default=200)
-    ap.add_argument("--no-plot", action="store_true")
+    ap = _cli.parser(__doc__)
+    ap.add_argument(
+        "--steps", type=_cli.positive_int, default=400, help="training steps per convention"
+    )
+    ap.add_argument("--width", type=_cli.positive_int, default=128, help="hidden width of the MLP")
+    ap.add_argument("--lr", type=_cli.positive_float, default=3e-3, help="peak learning rate η_max")
+    ap.add_argument(
+        "--weight-decay", type=_cli.nonnegative_float, default=1.0, help="PyTorch-convention λ"
+    )
+    ap.add_argument(
+        "--finetune-steps", type=_cli.positive_int, default=200, help="L2-SP fine-tuning steps"
+    )
+    ap.add_argument("--no-plot", action="store_true", help="do not save the figure")
+    _cli.add_out(ap)
     args = ap.parse_args(argv)
-    for flag, value in (("--steps", args.steps), ("--finetune-steps", args.finetune_steps)):
-        if value < 1:
-            ap.error(f"{flag} must be at least 1; got {value}")
     t0 = time.perf_counter()
 
     train_data, val_data = load_data()
@@ -199,9 +201,9 @@ def main(argv=None):
         axes[1].set(xlabel="fine-tuning step", ylabel="‖θ − θ_pretrained‖", title="L2-SP")
         axes[1].legend()
         fig.tight_layout()
-        os.makedirs(os.path.dirname(FIG), exist_ok=True)
-        fig.savefig(FIG, dpi=110)
-        print(f"\nsaved {os.path.relpath(FIG)}")
+        path = _cli.figure_path(args.out, FIG)
+        fig.savefig(path, dpi=110)
+        print(f"\nsaved {path}")
     print(f"total time {time.perf_counter() - t0:.1f} s")
 
 

@@ -125,7 +125,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def load_example(name: str):
-    """Import ``examples/<name>.py`` as a module."""
+    """Import ``examples/<name>.py`` as a module (with ``examples/`` on ``sys.path``, as when
+    the script runs, for the helpers it imports: ``examples/_cli.py``)."""
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
     spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod

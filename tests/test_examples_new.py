@@ -29,10 +29,10 @@ import optareg
 
 def test_transformer_weight_decay_smoke(tmp_path, capsys):
     mod = load_example("transformer_weight_decay")
-    out = tmp_path / "twd.png"
+    out = tmp_path / "transformer_weight_decay.png"
     argv = ["--steps", "10", "--log-every", "5", "--d-model", "16", "--layers", "1"]
     argv += ["--heads", "2", "--context", "8", "--batch-size", "4", "--max-chars", "4000"]
-    res = mod.main([*argv, "--out", str(out)])
+    res = mod.main([*argv, "--out", str(tmp_path)])
     text = capsys.readouterr().out
     assert_png(out)
     assert [r["run"] for r in res["runs"]] == list(mod.RUNS)
@@ -57,10 +57,10 @@ def test_lambda_seed_sweep_smoke(tmp_path, capsys):
     The weight-decay sweep differs only in its chain (covered below against closed forms).
     """
     mod = load_example("lambda_seed_sweep")
-    out = tmp_path / "sweep.png"
+    out = tmp_path / "lambda_seed_sweep.png"
     argv = ["--seeds", "2", "--num-lambdas", "2", "--steps", "8", "--eval-every", "4"]
     argv += ["--hidden", "8", "--patience", "1", "--families", "l1", "--loop", "first"]
-    res = mod.main([*argv, "--out", str(out)])
+    res = mod.main([*argv, "--out", str(tmp_path)])
     text = capsys.readouterr().out
     assert_png(out)
     assert list(res["results"]) == [mod.FAMILIES[1]]

@@ -3,9 +3,9 @@
 Each example is imported with importlib (``examples/`` is not a package) and its ``main(argv)``
 called with the smallest settings its flags allow, so every code path runs in a few seconds; the
 checks are on what it prints (table headers, one row per run, finite numbers, the invariants the
-example is about) and, where it draws one, on the PNG, redirected into ``tmp_path`` (``--out``
-where the script has it, else its module-level figure path). ``examples/figures/*.png`` must be
-left untouched (an autouse fixture checks). ``data_parallel.py`` needs 8 devices, forced with
+example is about) and, where it draws one, on the PNG, written to ``--out tmp_path``.
+``examples/figures/*.png`` must be left untouched (an autouse fixture checks); the runs with the
+default ``--out`` are in ``test_examples_clean.py``. ``data_parallel.py`` needs 8 devices, forced with
 ``XLA_FLAGS`` before jax is imported: it runs in a subprocess of its own, in the normal suite.
 
 ``transformer_weight_decay.py`` and ``lambda_seed_sweep.py`` are smoke-tested in
@@ -89,14 +89,14 @@ def _committed_figures_untouched():
     assert snapshot() == before, "an example wrote into examples/figures/"
 
 
-def _run(name, argv, capsys, monkeypatch, tmp_path, fig_attr=None):
-    """Run ``main(argv)`` of an example; with ``fig_attr``, its figure path goes to tmp_path."""
+def _run(name, argv, capsys, monkeypatch, tmp_path, figure=None):
+    """Run ``main(argv)`` of an example; with ``figure`` (its file name), ``--out tmp_path``."""
+    del monkeypatch
     mod = load_example(name)
     fig = None
-    if fig_attr is not None:
-        fig = tmp_path / f"{name}.png"
-        assert str(getattr(mod, fig_attr)).startswith(str(FIGURES))
-        monkeypatch.setattr(mod, fig_attr, str(fig))
+    if figure is not None:
+        fig = tmp_path / figure
+        argv = [*argv, "--out", str(tmp_path)]
     res = mod.main(argv)
     text = capsys.readouterr().out
     _assert_finite(text)
@@ -109,10 +109,9 @@ def _run(name, argv, capsys, monkeypatch, tmp_path, fig_attr=None):
 
 
 def test_constraint_equivalence_smoke(tmp_path, capsys, monkeypatch):
-    out = tmp_path / "ce.png"
     argv = ["--pgd-steps", "20", "--mlp-steps", "5", "--hidden", "8", "--batch", "16"]
-    mod, res, text, _ = _run(
-        "constraint_equivalence", [*argv, "--out", str(out)], capsys, monkeypatch, tmp_path
+    mod, res, text, out = _run(
+        "constraint_equivalence", argv, capsys, monkeypatch, tmp_path, "constraint_equivalence.png"
     )
     assert_png(out)
     assert res["w_lasso"].shape == res["w_ball"].shape == (8, 10)
@@ -137,13 +136,13 @@ def test_constraint_equivalence_smoke(tmp_path, capsys, monkeypatch):
 
 def test_data_parallel_smoke(tmp_path):
     """8 simulated CPU devices, forced before jax is imported: a process of its own."""
-    fig = tmp_path / "dp.png"
+    fig = tmp_path / "data_parallel.png"
     code = (
         "import importlib.util, sys\n"
+        f"sys.path.insert(0, {str(EXAMPLES)!r})\n"
         f"spec = importlib.util.spec_from_file_location('dp', {str(EXAMPLES / 'data_parallel.py')!r})\n"
         "mod = importlib.util.module_from_spec(spec)\n"
         "spec.loader.exec_module(mod)\n"
-        f"mod.FIGURE = {str(fig)!r}\n"
         "mod.main(sys.argv[1:])\n"
     )
     env = dict(os.environ)
@@ -151,6 +150,7 @@ def test_data_parallel_smoke(tmp_path):
     env["JAX_PLATFORMS"] = "cpu"
     env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"  # as _fast_compilation, in the child process
     argv = ["--steps", "3", "--batch", "16", "--hidden", "8", "--log-every", "2"]
+    argv += ["--out", str(tmp_path)]
     proc = subprocess.run(
         [sys.executable, "-c", code, *argv],
         cwd=ROOT,
@@ -180,10 +180,11 @@ def test_data_parallel_smoke(tmp_path):
 
 
 def test_diagnostics_smoke(tmp_path, capsys, monkeypatch):
-    out = tmp_path / "diag.png"
     # two epochs: the spike columns skip the first one
-    argv = ["--epochs", "2", "--hidden", "8", "--batch-size", "256", "--out", str(out)]
-    mod, rows, text, _ = _run("diagnostics", argv, capsys, monkeypatch, tmp_path)
+    argv = ["--epochs", "2", "--hidden", "8", "--batch-size", "256"]
+    mod, rows, text, out = _run(
+        "diagnostics", argv, capsys, monkeypatch, tmp_path, "diagnostics.png"
+    )
     assert_png(out)
     names = list(mod.settings(1e-3))
     assert [r[0] for r in rows] == names
@@ -199,7 +200,9 @@ def test_diagnostics_smoke(tmp_path, capsys, monkeypatch):
 
 def test_double_descent_smoke(tmp_path, capsys, monkeypatch):
     argv = ["--n-train", "10", "--seeds", "1", "--gd-steps", "10"]
-    _, _, text, fig = _run("double_descent", argv, capsys, monkeypatch, tmp_path, "FIG")
+    _, _, text, fig = _run(
+        "double_descent", argv, capsys, monkeypatch, tmp_path, "double_descent.png"
+    )
     assert_png(fig)
     rows = _rows_after(text, "p/n", r"\s*\d")
     assert len(rows) >= 10 and all(len(_numbers(r)) == 5 for r in rows)
@@ -243,7 +246,9 @@ def test_haiku_sam_smoke(capsys, monkeypatch, tmp_path):
 
 def test_lipschitz_mlp_smoke(tmp_path, capsys, monkeypatch):
     argv = ["--steps", "3", "--hidden", "8", "--batch", "16"]
-    _, _, text, fig = _run("lipschitz_mlp", argv, capsys, monkeypatch, tmp_path, "FIG")
+    _, _, text, fig = _run(
+        "lipschitz_mlp", argv, capsys, monkeypatch, tmp_path, "lipschitz_spectra.png"
+    )
     assert_png(fig)
     rows = _rows_after(text, "certified L")
     assert [r[:40].strip() for r in rows] == ["adam", "adam + spectral_clip(1.0)"]
@@ -258,7 +263,7 @@ def test_lipschitz_mlp_smoke(tmp_path, capsys, monkeypatch):
 
 def test_lora_rank_smoke(tmp_path, capsys, monkeypatch):
     argv = ["--n", "16", "--d-in", "8", "--d-out", "6", "--lora-rank", "6", "--steps", "10"]
-    mod, _, text, fig = _run("lora_rank", argv, capsys, monkeypatch, tmp_path, "FIG")
+    mod, _, text, fig = _run("lora_rank", argv, capsys, monkeypatch, tmp_path, "lora_rank.png")
     assert_png(fig)
     rows = _rows_after(text, "rank: closed")
     assert len(rows) == len(mod.LAMBDAS)
@@ -275,7 +280,9 @@ def test_lora_rank_smoke(tmp_path, capsys, monkeypatch):
 def test_low_precision_smoke(tmp_path, capsys, monkeypatch):
     # the three bf16 runs (the float32 reference is the plain bf16 chain, in float32)
     argv = ["--steps", "3", "--width", "8", "--runs", "bf16,kahan,stochastic"]
-    mod, rows, text, fig = _run("low_precision", argv, capsys, monkeypatch, tmp_path, "FIG")
+    mod, rows, text, fig = _run(
+        "low_precision", argv, capsys, monkeypatch, tmp_path, "low_precision.png"
+    )
     assert_png(fig)
     assert list(rows) == ["bf16", "bf16 + kahan", "bf16 + stochastic"]
     for run, r in rows.items():
@@ -314,7 +321,9 @@ def test_quickstart_smoke(capsys, monkeypatch, tmp_path):
 
 def test_sam_flatness_smoke(tmp_path, capsys, monkeypatch):
     argv = ["--steps", "4", "--batch", "8", "--width", "8", "--every", "2", "--iters", "2"]
-    _, res, text, fig = _run("sam_flatness", argv, capsys, monkeypatch, tmp_path, "FIG")
+    _, res, text, fig = _run(
+        "sam_flatness", argv, capsys, monkeypatch, tmp_path, "sam_flatness.png"
+    )
     assert_png(fig)
     assert list(res) == ["SGD", "SAM"]
     for name, r in res.items():
@@ -332,7 +341,9 @@ def test_sam_flatness_smoke(tmp_path, capsys, monkeypatch):
 
 def test_sparse_logistic_smoke(tmp_path, capsys, monkeypatch):
     argv = ["--steps", "5", "--num-lambdas", "2"]
-    _, _, text, fig = _run("sparse_logistic", argv, capsys, monkeypatch, tmp_path, "FIGURE")
+    _, _, text, fig = _run(
+        "sparse_logistic", argv, capsys, monkeypatch, tmp_path, "sparse_logistic_path.png"
+    )
     assert_png(fig)
     rows = _rows_after(text, "nnz optareg")
     assert len(rows) == 2
@@ -348,7 +359,14 @@ def test_sparse_logistic_smoke(tmp_path, capsys, monkeypatch):
 def test_weight_decay_conventions_smoke(tmp_path, capsys, monkeypatch):
     # a fine-tuning shorter than the 10-step warm-up (it warms up for half of it instead)
     argv = ["--steps", "10", "--width", "8", "--finetune-steps", "3"]
-    _, _, text, fig = _run("weight_decay_conventions", argv, capsys, monkeypatch, tmp_path, "FIG")
+    _, _, text, fig = _run(
+        "weight_decay_conventions",
+        argv,
+        capsys,
+        monkeypatch,
+        tmp_path,
+        "weight_decay_conventions.png",
+    )
     assert_png(fig)
     rows = _rows_after(text, "^convention", r"\S+\s+\d")
     assert [r.split()[0] for r in rows] == ["pytorch", "paper", "independent", "adamc"]
@@ -372,37 +390,36 @@ def test_weight_decay_conventions_smoke(tmp_path, capsys, monkeypatch):
 
 def test_diagnostics_one_epoch(tmp_path, capsys, monkeypatch):
     # one epoch: no first epoch to skip, the spike columns use every step
-    argv = [
-        "--epochs",
-        "1",
-        "--hidden",
-        "8",
-        "--batch-size",
-        "512",
-        "--out",
-        str(tmp_path / "d.png"),
-    ]
-    _, rows, _, _ = _run("diagnostics", argv, capsys, monkeypatch, tmp_path)
+    argv = ["--epochs", "1", "--hidden", "8", "--batch-size", "512"]
+    _, rows, _, _ = _run("diagnostics", argv, capsys, monkeypatch, tmp_path, "diagnostics.png")
     assert all(r[4] >= 1 and np.isfinite(r[5]) for r in rows)
 
 
 @pytest.mark.parametrize(
     ("name", "argv", "message"),
     [
-        ("diagnostics", ["--epochs", "0"], "--epochs must be at least 1; got 0"),
-        ("haiku_sam", ["--steps", "0"], "--steps must be at least 1; got 0"),
+        ("diagnostics", ["--epochs", "0"], "--epochs: must be an integer >= 1, got 0"),
+        ("haiku_sam", ["--steps", "0"], "--steps: must be an integer >= 1, got 0"),
+        ("weight_decay_conventions", ["--finetune-steps", "0"], "--finetune-steps: must be an"),
+        ("weight_decay_conventions", ["--steps", "0"], "--steps: must be an integer >= 1, got 0"),
         (
-            "weight_decay_conventions",
-            ["--finetune-steps", "0"],
-            "--finetune-steps must be at least 1",
+            "diagnostics",
+            ["--smoothing", "1.0"],
+            "--smoothing: must be a finite number >= 0 and < 1",
         ),
-        ("weight_decay_conventions", ["--steps", "0"], "--steps must be at least 1; got 0"),
-        ("diagnostics", ["--smoothing", "1.0"], "--smoothing must be in [0, 1); got 1.0"),
-        ("quickstart", ["--epochs", "0"], "--epochs must be at least 1; got 0"),
+        ("quickstart", ["--epochs", "0"], "--epochs: must be an integer >= 1, got 0"),
         ("low_precision", ["--runs", "foo"], "--runs takes a comma list of float32, bf16"),
-        ("low_precision", ["--steps", "0"], "--steps must be at least 1; got 0"),
-        ("constraint_equivalence", ["--mlp-steps", "0"], "--mlp-steps must be at least 1"),
+        ("low_precision", ["--steps", "0"], "--steps: must be an integer >= 1, got 0"),
+        ("constraint_equivalence", ["--mlp-steps", "0"], "--mlp-steps: must be an integer >= 1"),
         ("double_descent", ["--n-train", "500"], "--n-train must be in [2, 440]"),
+        ("sam_flatness", ["--steps", "0"], "--steps: must be an integer >= 1, got 0"),
+        ("sam_flatness", ["--rho", "-0.1"], "--rho: must be a finite number > 0, got -0.1"),
+        ("sam_flatness", ["--lr", "nan"], "--lr: must be a finite number > 0, got nan"),
+        ("sam_flatness", ["--batch", "5000"], "--batch: must be at most 1198"),
+        ("lora_rank", ["--d-out", "3"], "--d-out: must be an integer >= 4, got 3"),
+        ("lambda_seed_sweep", ["--label-noise", "1.5"], "--label-noise: must be a finite number"),
+        ("transformer_weight_decay", ["--heads", "5"], "--d-model: must be a multiple of --heads"),
+        ("lipschitz_mlp", ["--batch", "x"], "--batch: expected an integer, got 'x'"),
     ],
 )
 def test_flag_out_of_range_is_a_clear_error(name, argv, message, capsys):
