@@ -292,7 +292,8 @@ def ema_params(
     ``debias=False`` is ``torch.optim.swa_utils.AveragedModel`` with
     ``get_ema_multi_avg_fn(β)``. The average has timescale ``τ = 1/(1 − β)`` averaging steps
     (``timescale=τ`` sets ``β = 1 − 1/τ``). ``β`` may be a schedule, evaluated on ``n`` (0 on
-    the first averaging step). Read the average with :func:`averaged_params`.
+    the first averaging step; under ``optax.inject_hyperparams`` optax evaluates it instead, on
+    its own call count). Read the average with :func:`averaged_params`.
 
     Place it **last**: after the optimizer, the post-step transforms and
     ``low_precision_updates`` (it must average the parameters actually landed on);
