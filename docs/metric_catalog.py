@@ -120,7 +120,8 @@ MEANINGS: dict[str, dict[str, tuple[str, str, str]]] = {
         "sigma/<path>": (
             "spectral norm of $\\theta + u$ before clipping, per matrix (exact for `exact`, the "
             "prediction used for the rescale for `power`, the power-iteration estimate for "
-            "`newton_schulz`); `/<i>` per matrix of a stacked leaf",
+            "`newton_schulz`, the upper bound $k$ the cap was coupled to for `soft_cap`); `/<i>` "
+            "per matrix of a stacked leaf",
             "parameter units",
             EVERY,
         ),

@@ -57,7 +57,7 @@ from optareg.proximal import (
     prox_nuclear,
 )
 from optareg.sam import SamPerturbState, sam_perturb
-from optareg.qk_clip import (
+from optareg.qk_clipping import (
     QKClipState,
     attention_max_logits,
     collect_max_logits,

@@ -316,8 +316,10 @@ def test_qk_clip_stacked_layers_and_errors():
         tx.update(zeros, state, params, max_logits={"layers": jnp.ones(H)})
     with pytest.raises(ValueError, match="no entry"):
         tx.update(zeros, state, params, max_logits={"other": jnp.ones((2, H))})
-    with pytest.raises(ValueError, match="num_heads"):
-        optareg.qk_clip(1.0, layout="torch").init({"q_proj": {"weight": jnp.ones((8, 4))}})
+    torch_q = {"q_proj": {"weight": jnp.ones((8, 4))}}  # (H·D, in): 8 rows are not 3 heads
+    tx = optareg.qk_clip(1.0, layout="torch")
+    with pytest.raises(ValueError, match="cannot find 3 heads"):
+        tx.update(torch_q, tx.init(torch_q), torch_q, max_logits=jnp.ones(3))
 
 
 class _Block(nn.Module):

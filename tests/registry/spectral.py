@@ -151,7 +151,7 @@ def qk_clip_with_fixed_logits(
 
 # optareg.chain sees through optax.inject_hyperparams only for optareg's own factories (it
 # rebuilds the transform to read its tag); this one is qk_clip with its logits bound.
-qk_clip_with_fixed_logits.__module__ = "optareg.qk_clip"
+qk_clip_with_fixed_logits.__module__ = "optareg.qk_clipping"
 
 
 ENTRIES += [
