@@ -305,6 +305,7 @@ def _render(chromium: str, page: pathlib.Path) -> tuple[str, dict]:
         "--headless",
         "--no-sandbox",
         "--disable-gpu",
+        "--disable-dev-shm-usage",  # containers with a small /dev/shm
         "--window-size=1280,1000",
         "--virtual-time-budget=15000",
         "--dump-dom",
