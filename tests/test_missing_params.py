@@ -31,7 +31,15 @@ def _zeros_like_init(tx, params):
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(tx.init, params))
 
 
-@pytest.mark.parametrize("entry", _FIRST, ids=[e.id for e in _FIRST])
+def _param(entry):
+    """The entry; skipped where the registry builds it through a test factory of its own (which
+    may read ``params`` before the transform does)."""
+    ours = getattr(optareg, entry.factory.__name__, None) is entry.factory  # a public factory
+    reason = "the registry's factory for it is a test wrapper that reads params itself"
+    return pytest.param(entry, id=entry.id, marks=[] if ours else [pytest.mark.skip(reason=reason)])
+
+
+@pytest.mark.parametrize("entry", [_param(e) for e in _FIRST])
 def test_every_transform_names_itself_and_its_place(entry):
     params, tx = make_params(), entry.make()
     ((kind, name),) = _chain._entries(tx)
