@@ -22,6 +22,17 @@ first). ``layout="auto"`` decides per leaf from its name (``weight``: first axis
 axes), like :func:`optareg.prox_group_lasso`'s groups. Keras' ``MaxNorm(axis=0)`` names the axes
 it *reduces*; for a Dense kernel ``(in, out)`` that is ``max_norm(c, axis=-1)`` here.
 
+Layer stacks (``stack_axes``): in a scanned or vmapped stack of layers (``nn.scan``,
+``nnx.scan`` / ``nnx.vmap``, ``eqx.filter_vmap``) a kernel ``(L, in, out)`` holds ``L`` layers;
+``stack_axes=1`` says so, and every layer's units are constrained on their own (a unit never
+spans two layers). ``layout`` and ``axis`` then count within the per-layer array. It takes an
+int (every selected leaf), a pytree prefix of the params with int / ``None`` leaves, or a
+callable ``(path, leaf) -> int | None``; the default ``None`` means no stack axes (a stack is
+never guessed from shapes). Without a mask the constraints act on the weight matrices only:
+leaves whose per-layer rank is ``≥ 2`` and whose name is not a bias (an Equinox conv bias
+``(O, 1, 1)`` included), a norm scale or an embedding (the name rules of
+:func:`optareg.masks.decay_mask`).
+
 Metrics (read with :func:`optareg.metrics`): every constraint records ``"<name>/on_boundary"``,
 the fraction of units (``non_neg``: entries; ``project``: leaves) that sit on the boundary of the
 feasible set after the step — the share of the constraint that is *active*; ``add_penalty``
@@ -64,26 +75,28 @@ def _check_axis(axis: Any) -> int | None:
     return _validation.check_int("axis", axis, low=None)
 
 
-def _unit_axis_fn(name: str, layout: str, axis: int | None) -> Callable[[jax.Array, str], int]:
-    """``leaf_axis(x, path)``: the unit axis of a selected leaf with ``ndim ≥ 2``."""
+def _unit_axis_fn(
+    name: str, layout: str, axis: int | None
+) -> Callable[[jax.Array, str], tuple[int, ...]]:
+    """``leaf_axis(x, path)``: the axes that index one unit of a selected leaf — its stack axes
+    (``stack_axes``, :func:`optareg._paths.layout_of`) and its unit axis (``layout`` / ``axis``
+    within the per-layer array); every axis when the per-layer array has rank < 2."""
 
     def leaf_axis(x, path):
-        if axis is None:
-            return _paths.unit_axis(layout, path, x.ndim)
-        if not -x.ndim <= axis < x.ndim:
-            raise ValueError(
-                f"{name}: `axis`={axis} does not exist on the selected leaf '{path}' of shape "
-                f"{x.shape}; mask that leaf out or choose an axis valid for every selected leaf."
-            )
-        return axis % x.ndim
+        stack = _paths.layout_of(path, x).stack
+        return _paths.kept_axes(name, layout, axis, x, path, stack)
 
     return leaf_axis
 
 
-def _unit_norms(x: jax.Array, axis: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _unit_norms(x: jax.Array, axis: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(x/s, s, r)`` with, per unit (keepdims), a power of two ``s ≥ max|x_unit|`` and
-    ``r = ‖x_unit‖/s``, so ``‖x_unit‖ = s·r`` is computed without overflow or underflow."""
-    others = tuple(i for i in range(x.ndim) if i != axis)
+    ``r = ‖x_unit‖/s``, so ``‖x_unit‖ = s·r`` is computed without overflow or underflow.
+
+    ``axis``: the axes that index the units (``leaf_axis``'s tuple, or one int); the norm runs
+    over the others."""
+    kept = (axis,) if isinstance(axis, int) else tuple(axis)
+    others = tuple(i for i in range(x.ndim) if i not in kept)
     s = _numerics.pow2_scale(x, axis=others)
     xs = x / s
     return xs, s, jnp.sqrt(jnp.sum(jnp.square(xs), axis=others, keepdims=True))
@@ -96,13 +109,15 @@ def _fraction(hits: Sequence[jax.Array], total: int) -> jax.Array:
 
 
 def _default_select(mask: Any) -> Callable[[Any, str], bool] | None:
-    """Without a mask: matrices and higher only; with a mask, the mask alone decides."""
-    return (lambda p, path: jnp.ndim(p) >= 2) if mask is None else None
+    """Without a mask: the weight matrices (:func:`optareg._paths.leaf_layouts`: per-layer rank
+    ``≥ 2``, not a bias / norm scale / embedding); with a mask, the mask alone decides."""
+    return (lambda p, path: _paths.layout_of(path, p).matrix) if mask is None else None
 
 
-def _unit_args(name, layout, axis, mask):
+def _unit_args(name, layout, axis, mask, stack_axes=None):
     layout = _paths.check_layout(layout)
     _masking.check_mask("mask", mask)
+    _paths.check_stack_axes(stack_axes)
     return _unit_axis_fn(name, layout, _check_axis(axis))
 
 
@@ -118,6 +133,7 @@ def max_norm(
     axis: int | None = None,
     mask: _validation.MaskOrFn = None,
     metrics_every: int = 1,
+    stack_axes: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Max-norm constraint: every unit's incoming weights have norm at most ``c`` (post-step).
 
@@ -133,9 +149,12 @@ def max_norm(
     ``Linear`` weight ``(out, in)`` it is row ``j`` — in both the incoming weights of output
     ``j``. Norms are computed after exact power-of-two rescaling, so they do not overflow.
 
-    Which leaves: without a mask, leaves with ``ndim ≥ 2``; vectors and scalars pass through.
-    With a mask, the mask alone decides, and a masked-in 1-D (or 0-d) leaf has one unit per
-    entry: ``|w_i| ≤ c``, i.e. ``clip(w, −c, c)``.
+    Which leaves: without a mask, the weight matrices — per-layer rank ``≥ 2`` and not named as
+    a bias (an Equinox conv bias ``(O, 1, 1)`` too), a norm scale or an embedding; the others
+    pass through. With a mask, the mask alone decides, and a masked-in leaf whose per-layer
+    rank is below 2 has one unit per entry: ``|w_i| ≤ c``, i.e. ``clip(w, −c, c)``. With
+    ``stack_axes=k`` the leading ``k`` axes index layers and each layer is constrained on its
+    own (module docstring).
 
     Metric ``"max_norm/on_boundary"``: the fraction of units with ``‖w_j‖ ≥ c(1 − 1e-6)`` after
     the step (those the projection moved, and those within a relative ``1e-6`` of the sphere).
@@ -147,9 +166,17 @@ def max_norm(
         ``layout``; static, under ``optax.inject_hyperparams`` pass it in ``static_args``).
       mask: optax mask (pytree/prefix of bools, e.g. an Equinox module of bools, or a callable).
       metrics_every: compute the metric when ``count % metrics_every == 0``.
+      stack_axes: the number of leading layer axes: ``None`` (none), an int ``≥ 0``, a pytree
+        prefix of the params with int / ``None`` leaves, or a callable
+        ``(path, leaf) -> int | None`` (static; under ``optax.inject_hyperparams`` pass it in
+        ``static_args``).
 
     Returns:
       A post-step ``optax.GradientTransformationExtraArgs``; put it **last** in the chain.
+
+    Raises:
+      ValueError: ``max_value ≤ 0``, a bad ``layout`` or ``stack_axes``; when traced, an
+        ``axis`` or ``stack_axes`` that a selected leaf does not have.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, optareg
@@ -165,6 +192,15 @@ def max_norm(
       Array([5., 5.], dtype=float32)
       >>> float(optareg.metrics(state)["max_norm/on_boundary"])
       0.5
+      >>> stack = {"kernel": jnp.stack([2 * jnp.eye(2), 0.5 * jnp.eye(2)])}  # 2 layers
+      >>> tx = optareg.chain(optax.sgd(1.0), optareg.max_norm(1.0, stack_axes=1))
+      >>> updates, _ = tx.update({"kernel": jnp.zeros((2, 2, 2))}, tx.init(stack), stack)
+      >>> optax.apply_updates(stack, updates)["kernel"]  # layer 1 (norm 0.5) is untouched
+      Array([[[1. , 0. ],
+              [0. , 1. ]],
+      <BLANKLINE>
+             [[0.5, 0. ],
+              [0. , 0.5]]], dtype=float32)
 
     References:
       Srebro & Shraibman, "Rank, Trace-Norm and Max-Norm", COLT 2005.
@@ -173,20 +209,22 @@ def max_norm(
     """
     name = "max_norm"
     _validation.check_scalar("max_value", max_value, low=0.0, low_inclusive=False)
-    leaf_axis = _unit_args(name, layout, axis, mask)
+    leaf_axis = _unit_args(name, layout, axis, mask, stack_axes)
 
     def norms(x, path):
-        if x.ndim < 2:
+        kept = leaf_axis(x, path)
+        if len(kept) == x.ndim:  # one unit per entry
             return jnp.abs(x)
-        _, s, r = _unit_norms(x, leaf_axis(x, path))
+        _, s, r = _unit_norms(x, kept)
         return s * r
 
     def op(leaf, max_value):
         x = leaf.x
         c = _hp(max_value, x.dtype)
-        if x.ndim < 2:
+        kept = leaf_axis(x, leaf.path)
+        if len(kept) == x.ndim:  # one unit per entry (per-layer rank below 2)
             return jnp.clip(x, -c, c)
-        xs, s, r = _unit_norms(x, leaf_axis(x, leaf.path))
+        xs, s, r = _unit_norms(x, kept)
         over = s * r > c  # a NaN unit is not "over": its NaN entries stay NaN, the rest as is
         return jnp.where(over, xs * (c / jnp.where(over, r, 1)), x)
 
@@ -198,7 +236,7 @@ def max_norm(
             total += n.size
         return {"on_boundary": _fraction(hits, total)}
 
-    return _poststep.transformation(
+    tx = _poststep.transformation(
         op,
         name=name,
         hyperparams={"max_value": max_value},
@@ -207,6 +245,7 @@ def max_norm(
         stats=(_STATS, stats),
         metrics_every=metrics_every,
     )
+    return _paths.with_layouts(tx, stack_axes, name)
 
 
 def unit_norm(
@@ -215,6 +254,7 @@ def unit_norm(
     axis: int | None = None,
     mask: _validation.MaskOrFn = None,
     metrics_every: int = 1,
+    stack_axes: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Unit-norm constraint: every unit's incoming weights have norm exactly 1 (post-step).
 
@@ -224,9 +264,9 @@ def unit_norm(
         w_j \leftarrow 0 \quad (w_j = 0), \qquad w = \theta + u
 
     the projection onto the unit sphere of each unit (Keras' ``UnitNorm`` without its ``1e-7``);
-    a zero unit has no nearest point on the sphere and stays zero (never NaN). Units and leaves
-    as in :func:`max_norm` (without a mask: leaves with ``ndim ≥ 2``; a masked-in 1-D leaf has
-    one unit per entry, ``w_i ← sign(w_i)``).
+    a zero unit has no nearest point on the sphere and stays zero (never NaN). Units, leaves and
+    ``stack_axes`` as in :func:`max_norm` (without a mask: the weight matrices; a masked-in leaf
+    of per-layer rank below 2 has one unit per entry, ``w_i ← sign(w_i)``).
 
     Metric ``"unit_norm/on_boundary"``: the fraction of units on the sphere after the step, i.e.
     the non-zero ones (``1 −`` the fraction of dead units).
@@ -236,6 +276,7 @@ def unit_norm(
       axis: the axis indexing the units (overrides ``layout``; static).
       mask: optax mask.
       metrics_every: compute the metric when ``count % metrics_every == 0``.
+      stack_axes: the number of leading layer axes (as in :func:`max_norm`).
 
     Returns:
       A post-step ``optax.GradientTransformationExtraArgs``; put it **last** in the chain.
@@ -255,18 +296,20 @@ def unit_norm(
       Salimans & Kingma, "Weight Normalization", NeurIPS 2016 (the unit-norm direction).
     """
     name = "unit_norm"
-    leaf_axis = _unit_args(name, layout, axis, mask)
+    leaf_axis = _unit_args(name, layout, axis, mask, stack_axes)
 
     def radii(x, path):
-        if x.ndim < 2:
+        kept = leaf_axis(x, path)
+        if len(kept) == x.ndim:  # one unit per entry
             return jnp.abs(x)
-        return _unit_norms(x, leaf_axis(x, path))[2]
+        return _unit_norms(x, kept)[2]
 
     def op(leaf):
         x = leaf.x
-        if x.ndim < 2:
+        kept = leaf_axis(x, leaf.path)
+        if len(kept) == x.ndim:  # one unit per entry (per-layer rank below 2)
             return jnp.sign(x)
-        xs, _, r = _unit_norms(x, leaf_axis(x, leaf.path))
+        xs, _, r = _unit_norms(x, kept)
         nonzero = r != 0  # NaN counts as non-zero: a NaN unit stays NaN
         return jnp.where(nonzero, xs / jnp.where(nonzero, r, 1), x)
 
@@ -274,7 +317,7 @@ def unit_norm(
         hits = [radii(leaf.x, leaf.path) > 0 for leaf in leaves]
         return {"on_boundary": _fraction(hits, sum(h.size for h in hits))}
 
-    return _poststep.transformation(
+    tx = _poststep.transformation(
         op,
         name=name,
         mask=mask,
@@ -282,6 +325,7 @@ def unit_norm(
         stats=(_STATS, stats),
         metrics_every=metrics_every,
     )
+    return _paths.with_layouts(tx, stack_axes, name)
 
 
 def non_neg(

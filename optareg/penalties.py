@@ -17,6 +17,7 @@ nothing; so does a ``None`` leaf.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -107,59 +108,74 @@ def _abs_sum(x: jax.Array) -> jax.Array:
     return jnp.sum(x * jax.lax.stop_gradient(jnp.sign(x)))
 
 
-def _as_unit_matrix(x: jax.Array, path: str, layout: str) -> jax.Array:
-    """``x`` as a ``(fan_in, units)`` matrix: the unit axis last, every other axis flattened."""
-    axis = _paths.unit_axis(layout, path, x.ndim)
-    w = jnp.moveaxis(_numerics.upcast(x), axis, -1)
-    return w.reshape(-1, w.shape[-1])
+def _as_unit_matrices(x: jax.Array, path: str, layout: str, stack: int) -> jax.Array:
+    """``x`` as ``(layers, fan_in, units)`` matrices: its ``stack`` leading axes flattened into
+    one layer axis, the unit axis (within a layer) last, every other axis into ``fan_in``."""
+    kept = _paths.kept_axes("orthogonality", layout, None, x, path, stack)
+    rest = tuple(a for a in range(x.ndim) if a not in kept)
+    w = jnp.transpose(_numerics.upcast(x), kept[:-1] + rest + kept[-1:])
+    return w.reshape(math.prod(w.shape[:stack]), -1, w.shape[-1])
 
 
-def _orthogonality(params: Any, layout: str, off_diagonal: bool) -> jax.Array:
+def _orthogonality(params: Any, layout: str, off_diagonal: bool, stack_axes: Any) -> jax.Array:
     _validation.check_not_a_step_count(params, "a penalty function", "penalty")
     terms = []
-    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
-        x = jnp.asarray(x)
-        if x.ndim < 2:
+    flat = jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda x: x is None)[0]
+    for (path, x), lay in zip(flat, _paths.leaf_layouts(stack_axes, params), strict=True):
+        if x is None or not lay.matrix:  # (a MaskedNode is an empty node: no leaf)
             continue
-        w = _as_unit_matrix(x, _paths.path_str(path), layout)
+        w = _as_unit_matrices(jnp.asarray(x), _paths.path_str(path), layout, lay.stack)
         eye = jnp.eye(w.shape[-1], dtype=w.dtype)
-        gram = w.T @ w
+        gram = jnp.swapaxes(w, -1, -2) @ w
         residual = gram * (1 - eye) if off_diagonal else gram - eye
         terms.append(jnp.sum(jnp.square(residual)))
     return _total(terms)
 
 
 def orthogonality(
-    params: Any = None, *, layout: str = "auto", off_diagonal: bool = False
+    params: Any = None,
+    *,
+    layout: str = "auto",
+    off_diagonal: bool = False,
+    stack_axes: Any = None,
 ) -> jax.Array | Penalty:
     r"""Orthogonal regularization ``R(θ) = Σ_W ‖WᵀW − I‖²_F`` over the matrix leaves.
 
-    Each leaf with ``ndim ≥ 2`` is read as a matrix ``W`` of shape ``(fan_in, units)`` whose
+    Each weight matrix is read as a matrix ``W`` of shape ``(fan_in, units)`` whose
     columns are its units (output features): the unit axis follows the ``layout`` rules of
     :func:`optareg.max_norm` (``"auto"``: a leaf named ``weight`` has its units on the first
     axis, ``kernel`` / ``w`` and anything else on the last; ``"flax"``: last; ``"torch"``: first)
     and every other axis is flattened into ``fan_in`` (a conv kernel ``(H, W, I, O)`` gives
-    ``(H·W·I, O)``). ``R = 0`` exactly when the units are orthonormal. Leaves with ``ndim < 2``
-    contribute 0. With ``off_diagonal=True`` only the off-diagonal entries count,
+    ``(H·W·I, O)``). ``R = 0`` exactly when the units are orthonormal. The weight matrices are
+    the leaves of per-layer rank ``≥ 2`` not named as a bias (an Equinox conv bias
+    ``(O, 1, 1)`` too), a norm scale or an embedding (the rule of every grouping transform,
+    :func:`optareg.masks.decay_mask`'s names); the others contribute 0. With
+    ``stack_axes=k`` the leading ``k`` axes of a leaf index layers (``nn.scan``, ``nnx.vmap``,
+    ``eqx.filter_vmap``) and the sum runs over the layers, ``Σ_l ‖W_lᵀW_l − I‖²_F``: a Gram
+    matrix never spans two layers. With ``off_diagonal=True`` only the off-diagonal entries count,
     ``‖WᵀW ⊙ (1 − I)‖²_F`` (BigGAN's variant: orthogonal units of any norm). With more units
     than ``fan_in``, ``WᵀW`` has rank ``< units`` and ``R`` cannot reach 0.
 
     Two ways to call it: ``orthogonality(params)`` is the penalty itself (``layout="auto"``), so
     ``add_penalty(penalties.orthogonality, λ)`` works; without params,
-    ``orthogonality(layout=..., off_diagonal=...)`` returns the penalty function with those
-    options.
+    ``orthogonality(layout=..., off_diagonal=..., stack_axes=...)`` returns the penalty
+    function with those options (``functools.partial(penalties.orthogonality, stack_axes=1)``
+    is the same function).
 
     Args:
       params: a parameter tree, or ``None`` to get the configured penalty function.
       layout: ``"auto"``, ``"flax"`` or ``"torch"`` (which axis indexes the units).
       off_diagonal: penalize only the off-diagonal Gram entries.
+      stack_axes: the number of leading layer axes: ``None`` (none), an int ``≥ 0``, a pytree
+        prefix of the params with int / ``None`` leaves, or a callable
+        ``(path, leaf) -> int | None``.
 
     Returns:
       The scalar ``R(params)`` (float32, float64 for float64 parameters), or, without
       ``params``, the function ``params -> R(params)``.
 
     Raises:
-      ValueError: ``layout`` is not one of the three.
+      ValueError: ``layout`` is not one of the three, a bad ``stack_axes``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -171,6 +187,9 @@ def orthogonality(
       2.0
       >>> float(penalties.orthogonality({"weight": jnp.eye(3), "bias": jnp.ones(3)}))
       0.0
+      >>> stack = {"kernel": jnp.stack([jnp.eye(2), 2 * jnp.eye(2)])}  # 2 layers
+      >>> float(penalties.orthogonality(stack_axes=1)(stack))  # 0 + ‖4I − I‖² = 18
+      18.0
 
     References:
       Brock, Lim, Ritchie & Weston, "Neural Photo Editing with Introspective Adversarial
@@ -180,9 +199,10 @@ def orthogonality(
     """
     layout = _paths.check_layout(layout)
     off_diagonal = _validation.check_bool("off_diagonal", off_diagonal)
+    _paths.check_stack_axes(stack_axes)
     if params is None:
-        return lambda p: _orthogonality(p, layout, off_diagonal)
-    return _orthogonality(params, layout, off_diagonal)
+        return lambda p: _orthogonality(p, layout, off_diagonal, stack_axes)
+    return _orthogonality(params, layout, off_diagonal, stack_axes)
 
 
 def _is_empty_node(x: Any) -> bool:

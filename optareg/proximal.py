@@ -18,11 +18,13 @@ beside one float sum), every ``metrics_every`` steps.
 from __future__ import annotations
 
 import functools
+import math
 import operator
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optareg import _chain, _counters, _masking, _numerics, _paths, _poststep, _validation
@@ -239,6 +241,19 @@ def _check_axis(axis):
     return operator.index(axis)
 
 
+def _on_groups(fn, x: jax.Array, kept: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+    """``fn(x, axis) -> (penalty, y)`` with the groups indexed by the ``kept`` axes (a leaf's
+    stack axes and its group axis): one axis is used as it is; several are moved to the front
+    and flattened into one group index (one group per layer and unit), and ``y`` moved back."""
+    if len(kept) == 1:
+        return fn(x, kept[0])
+    rest = tuple(a for a in range(x.ndim) if a not in kept)
+    xt = jnp.transpose(x, kept + rest)
+    groups = math.prod(xt.shape[: len(kept)])
+    pen, y = fn(xt.reshape(groups, math.prod(xt.shape[len(kept) :])), 0)
+    return pen, jnp.transpose(y.reshape(xt.shape), np.argsort(kept + rest))
+
+
 def prox_group_lasso(
     strength: _validation.ScalarOrSchedule,
     learning_rate: _validation.ScalarOrSchedule,
@@ -247,6 +262,7 @@ def prox_group_lasso(
     layout: str = "auto",
     mask: _validation.MaskOrFn = None,
     metrics_every: int = 1,
+    stack_axes: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Proximal step for the group lasso ``λ Σ_g √|g|·‖θ_g‖`` (whole groups become exact zeros).
 
@@ -260,22 +276,33 @@ def prox_group_lasso(
     ``(in, out)`` is grouped by output unit (its incoming weights), so a zeroed group is a dead
     neuron; for a conv kernel ``(H, W, I, O)`` a group is one output channel.
 
-    Which leaves: without a mask, leaves with ``ndim ≥ 2``; 0-d and 1-D leaves (biases, scales)
-    pass through unchanged. With a mask, the mask alone decides: every masked-in leaf is
-    thresholded, and a masked-in 1-D leaf follows the operator's definition — along its only
-    axis each entry is its own group (``|g| = 1``), i.e. plain L1 with the same ``η·λ`` (a 0-d
-    leaf likewise). An ``axis`` that does not exist on a selected leaf raises a ``ValueError``
-    when the update is traced.
+    Which leaves: without a mask, the weight matrices — per-layer rank ``≥ 2`` and not named as a
+    bias (an Equinox conv bias ``(O, 1, 1)`` too), a norm scale or an embedding (the name rules
+    of :func:`optareg.masks.decay_mask`); the others pass through unchanged. With a mask, the
+    mask alone decides: every masked-in leaf is thresholded, and a masked-in leaf of per-layer
+    rank 1 follows the operator's definition — along its only axis each entry is its own group
+    (``|g| = 1``), i.e. plain L1 with the same ``η·λ`` (a 0-d leaf likewise). An ``axis`` that
+    does not exist on a selected leaf raises a ``ValueError`` when the update is traced.
+
+    Layer stacks: with ``stack_axes=k`` the leading ``k`` axes of a leaf index layers
+    (``nn.scan``, ``nnx.vmap``, ``eqx.filter_vmap``): a group is one unit of one layer, never
+    spanning two, and ``axis`` / ``layout`` count within the per-layer array (so a stack
+    ``(L, in, out)`` has ``L·out`` groups of ``in`` entries).
 
     Args:
       strength: group-lasso strength ``λ ≥ 0`` (constant or schedule).
       learning_rate: the optimizer's learning rate ``η > 0`` (the same constant or schedule).
       axis: the axis indexing the groups in every selected leaf (an int; injected by
         ``optax.inject_hyperparams`` it is traced and picks the leaf's axis by ``lax.switch``).
+      layout: ``"auto"``, ``"flax"`` (group = last axis) or ``"torch"`` (first axis), used
+        when ``axis`` is ``None``.
       mask: optax mask (``True`` = apply the prox).
       metrics_every: compute the statistics every ``metrics_every`` steps (an int ≥ 1; the
         state holds the last values in between; under ``optax.inject_hyperparams`` pass
         ``static_args=("metrics_every",)``).
+      stack_axes: the number of leading layer axes: ``None`` (none), an int ``≥ 0``, a pytree
+        prefix of the params with int / ``None`` leaves, or a callable
+        ``(path, leaf) -> int | None`` (static).
 
     Returns:
       A post-step ``optax.GradientTransformationExtraArgs``; its state records
@@ -308,19 +335,14 @@ def prox_group_lasso(
     axis = None if axis is None else _check_axis(axis)
     layout = _paths.check_layout(layout)
     _masking.check_mask("mask", mask)
+    _paths.check_stack_axes(stack_axes)
 
-    def leaf_axis(x, path):
-        if axis is None:
-            return _paths.unit_axis(layout, path, x.ndim)
+    def leaf_axes(x, path):
+        """The axes indexing one group: the leaf's stack axes and its group axis."""
+        stack = _paths.layout_of(path, x).stack
         if isinstance(axis, jax.core.Tracer):  # checked on the concrete value at init
-            return axis % x.ndim
-        if not -x.ndim <= axis < x.ndim:
-            raise ValueError(
-                f"prox_group_lasso: `axis`={axis} does not exist on the selected leaf "
-                f"'{path}' of shape {x.shape}; mask that leaf out or choose an axis valid for "
-                "every selected leaf."
-            )
-        return axis
+            return (*range(stack), stack + axis % (x.ndim - stack))
+        return _paths.kept_axes("prox_group_lasso", layout, axis, x, path, stack)
 
     # The penalty of each leaf, from the group norms the operator computes anyway (no extra
     # pass), recorded beside the operator: outside the lax.cond of metrics_every, which then
@@ -334,32 +356,51 @@ def prox_group_lasso(
             penalties[leaf.index] = strength * group_norms_after_threshold(x, tau, 0)
             return soft_threshold(x, tau)
 
-        def on_axis(axis):
-            pen = strength * group_norms_after_threshold(x, tau, axis)
-            return pen, group_soft_threshold(x, tau, axis)
+        def on_axes(kept):
+            def fn(x, axis):
+                pen = strength * group_norms_after_threshold(x, tau, axis)
+                return pen, group_soft_threshold(x, tau, axis)
 
-        axis = leaf_axis(x, leaf.path)
-        if isinstance(axis, jax.core.Tracer):  # a traced axis (inject_hyperparams) picks a branch
-            branches = [functools.partial(on_axis, a) for a in range(x.ndim)]
-            penalties[leaf.index], y = jax.lax.switch(axis, branches)
+            return _on_groups(fn, x, kept)
+
+        kept = leaf_axes(x, leaf.path)
+        if isinstance(kept[-1], jax.core.Tracer):  # a traced axis (inject_hyperparams): a branch
+            stack = len(kept) - 1
+            branches = [
+                functools.partial(on_axes, (*range(stack), stack + a))
+                for a in range(x.ndim - stack)
+            ]
+            penalties[leaf.index], y = jax.lax.switch(kept[-1] - stack, branches)
         else:
-            penalties[leaf.index], y = on_axis(axis)
+            penalties[leaf.index], y = on_axes(kept)
         return y
 
     def penalty(leaf, hp):
         del hp
         return penalties[leaf.index]
 
-    return _poststep.transformation(
+    tx = _poststep.transformation(
         op,
         name="prox_group_lasso",
         hyperparams={"strength": strength, "learning_rate": learning_rate},
         mask=mask,
-        select=(lambda p, path: jnp.ndim(p) >= 2) if mask is None else None,
+        select=_matrices if mask is None else None,
         stats=_stats(closed_form=penalty),
         metrics_every=metrics_every,
         one_leaf_at_a_time=True,
     )
+    return _paths.with_layouts(tx, stack_axes, "prox_group_lasso")
+
+
+def _matrices(p: Any, path: str) -> bool:
+    """The weight-matrix rule (:func:`optareg._paths.leaf_layouts`): per-layer rank ``≥ 2``,
+    not a bias / norm scale / embedding."""
+    return _paths.layout_of(path, p).matrix
+
+
+def _has_matrices(p: Any, path: str) -> bool:
+    """A masked-in leaf with a per-layer matrix (per-layer rank ``≥ 2``)."""
+    return jnp.ndim(p) - _paths.layout_of(path, p).stack >= 2
 
 
 def prox_nuclear(
@@ -368,6 +409,7 @@ def prox_nuclear(
     mask: _validation.MaskOrFn = None,
     *,
     metrics_every: int = 1,
+    stack_axes: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Proximal step for the nuclear norm ``λ‖θ‖_*`` (singular value thresholding; low rank).
 
@@ -376,9 +418,14 @@ def prox_nuclear(
         \theta_{t+1} = U\operatorname{diag}(\max(\sigma - \eta_t\lambda, 0))V^\top,
         \qquad \theta_t + u_t = U\operatorname{diag}(\sigma)V^\top
 
-    Applies to leaves with ``ndim ≥ 2`` (also inside a mask: masked-in 0-d/1-D leaves have no
-    singular values and pass through). A leaf with ``ndim > 2`` is treated as a batch of
-    matrices over its leading axes, exactly like
+    Applies, without a mask, to the weight matrices: per-layer rank ``≥ 2`` and not named as a
+    bias (an Equinox conv bias ``(O, 1, 1)`` too), a norm scale or an embedding (the name rules
+    of :func:`optareg.masks.decay_mask`); with a mask, to the masked-in leaves of per-layer
+    rank ``≥ 2`` (the others have no singular values and pass through). With
+    ``stack_axes=k`` the leading ``k`` axes index layers (``nn.scan``, ``nnx.vmap``,
+    ``eqx.filter_vmap``) and a stack ``(L, in, out)`` is ``L`` matrices, one per layer; its
+    stacked bias ``(L, out)`` is a vector per layer and passes through. A leaf with ``ndim > 2``
+    is treated as a batch of matrices over its leading axes, exactly like
     :func:`optareg.operators.singular_value_threshold`: a conv kernel ``(H, W, I, O)`` gets an
     independent ``I × O`` nuclear norm per spatial tap. Reshape the leaf yourself (e.g. via a
     wrapper) for another matricization. One SVD per matrix per step: meant for small / medium
@@ -391,6 +438,7 @@ def prox_nuclear(
       metrics_every: compute the statistics every ``metrics_every`` steps (an int ≥ 1; the
         state holds the last values in between; under ``optax.inject_hyperparams`` pass
         ``static_args=("metrics_every",)``).
+      stack_axes: the number of leading layer axes (as in :func:`prox_group_lasso`).
 
     Returns:
       A post-step ``optax.GradientTransformationExtraArgs``; its state records
@@ -414,6 +462,7 @@ def prox_nuclear(
     _validation.check_scalar("strength", strength, low=0.0)
     _check_lr(learning_rate)
     _masking.check_mask("mask", mask)
+    _paths.check_stack_axes(stack_axes)
 
     def op(leaf, strength, learning_rate):
         x = leaf.x
@@ -423,15 +472,16 @@ def prox_nuclear(
         s = jnp.linalg.svd(_new_params(leaf), compute_uv=False)
         return hp["strength"] * jnp.sum(s, dtype=jnp.float32)
 
-    return _poststep.transformation(
+    tx = _poststep.transformation(
         op,
         name="prox_nuclear",
         hyperparams={"strength": strength, "learning_rate": learning_rate},
         mask=mask,
-        select=lambda p, path: jnp.ndim(p) >= 2,
+        select=_matrices if mask is None else _has_matrices,
         stats=_stats(closed_form=penalty),
         metrics_every=metrics_every,
     )
+    return _paths.with_layouts(tx, stack_axes, "prox_nuclear")
 
 
 # --------------------------------------------------------------------------------------------

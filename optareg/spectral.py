@@ -7,8 +7,8 @@ no reparametrised layers, no power-iteration vectors in ``batch_stats``; what a 
 post-step path (:mod:`optareg._poststep`): masks, dtypes, the ``max_norm`` schedule and the
 per-leaf state are handled there.
 
-How a leaf becomes matrices (``layout``, ``matrix_axes``)
-----------------------------------------------------------
+How a leaf becomes matrices (``layout``, ``stack_axes``, ``matrix_axes``)
+--------------------------------------------------------------------------
 A matrix is the leaf's *unit* (output) axis against all its other axes flattened; which axis is
 the unit axis is the ``layout`` (:func:`optareg._paths.unit_axis`):
 
@@ -18,13 +18,25 @@ the unit axis is the ``layout`` (:func:`optareg._paths.unit_axis`):
   ``(O, I, kh, kw)`` are viewed as ``W.reshape(O, -1)`` (transposed; the singular values are
   those of ``W.reshape(O, -1)``).
 * ``"auto"`` (default): ``"torch"`` for a leaf named ``weight``, ``"flax"`` for ``kernel`` or
-  ``w``, otherwise the last axis. Leaves with ``ndim < 2`` and leaves named ``bias`` (Equinox
-  stores conv biases as ``(O, 1, 1)``) are not matrices and pass through.
+  ``w``, otherwise the last axis.
+
+Which leaves are matrices (the weight-matrix rule shared by every grouping transform,
+:mod:`optareg._paths`): without a mask, leaves whose per-layer rank is ``≥ 2`` and whose name
+is not a bias (Equinox stores conv biases as ``(O, 1, 1)``), a norm scale or an embedding (the
+name rules of :func:`optareg.masks.decay_mask`); with a mask, every masked-in leaf of per-layer
+rank ``≥ 2``. The others pass through.
+
+``stack_axes`` (the keyword every grouping transform takes): the number of leading axes of a
+leaf that index a stack of layers (``nn.scan``, ``nnx.scan`` / ``nnx.vmap``,
+``eqx.filter_vmap``): a stack ``(L, in, out)`` with ``stack_axes=1`` is ``L`` matrices, each
+clipped on its own, and the layout applies to each layer. An int (every leaf), a pytree prefix
+of the params with int / ``None`` leaves, or a callable ``(path, leaf) -> int | None``.
 
 ``matrix_axes`` overrides the layout where it is given:
 
-* an ``int`` ``k``: the leading ``k`` axes are batch axes (a scanned stack ``(L, in, out)`` with
-  ``k=1`` is ``L`` matrices, each clipped on its own), the last axis is the output axis.
+* an ``int`` ``k``: a documented alias of ``stack_axes=k`` (the leading ``k`` axes index
+  layers; a leaf whose per-layer rank is below 2, such as a stacked bias ``(L, out)``, is not a
+  matrix and passes through).
 * ``optax.contrib.MuonDimensionNumbers(reduction_axis, output_axis)``: exactly as in
   ``optax.contrib.muon``; every axis not named is a batch axis.
 * a pytree (or prefix) of the above (``None`` leaves use the layout), or a callable
@@ -191,24 +203,33 @@ def _muon_axes(spec: MuonDimensionNumbers, shape: tuple[int, ...], where: str):
     return tuple(a for a in range(nd) if a not in red and a not in out), red, out
 
 
-def _plan_for(shape: tuple[int, ...], spec: Any, path: str, layout: str) -> _Plan | None:
+def _plan_for(
+    shape: tuple[int, ...],
+    spec: Any,
+    path: str,
+    layout: str,
+    leaf: _paths.LeafLayout | None = None,
+    masked: bool = False,
+) -> _Plan | None:
     """The matrix view of the leaf at ``path`` of ``shape``; ``None`` = not a matrix (also a
-    leaf with no entries: it has no singular value, and passes through)."""
+    leaf with no entries: it has no singular value, and passes through).
+
+    ``spec`` ``None`` or an int ``k`` (the alias of ``stack_axes=k``): the leaf's stack axes
+    (``leaf.stack``, or ``k``) are batch axes and each layer is its unit axis (``layout``, within
+    the layer) against its other axes; without a mask (``masked`` false) only weight matrices
+    (:func:`optareg._paths.leaf_layouts`), with one every leaf of per-layer rank ``≥ 2``. A
+    ``MuonDimensionNumbers`` names the axes itself."""
     nd, where = len(shape), path or "<root>"
     if nd < 2 or 0 in shape:
         return None
-    if spec is None:
-        if path.rsplit("/", 1)[-1] == "bias":
+    if spec is None or _is_int(spec):
+        excluded = _paths.excluded(tuple(path.split("/"))) if leaf is None else leaf.excluded
+        k = spec if _is_int(spec) else (leaf.stack if leaf else 0)
+        if nd - k < 2 or (excluded and not masked):
             return None
-        unit = _paths.unit_axis(layout, path, nd, default=-1)
-        batch, red, out = (), tuple(a for a in range(nd) if a != unit), (unit,)
-    elif _is_int(spec):
-        if nd < spec + 2:
-            raise ValueError(
-                f"`matrix_axes`={spec} (leading batch axes) needs leaves with ndim >= {spec + 2}; "
-                f"the leaf at {where} has shape {shape}."
-            )
-        batch, red, out = tuple(range(spec)), tuple(range(spec, nd - 1)), (nd - 1,)
+        unit = k + _paths.unit_axis(layout, path, nd - k, default=-1)
+        batch = tuple(range(k))
+        red, out = tuple(a for a in range(k, nd) if a != unit), (unit,)
     else:
         batch, red, out = _muon_axes(spec, shape, where)
     perm = batch + red + out
@@ -245,15 +266,20 @@ def _specs(matrix_axes: Any, params: Any, treedef) -> list[Any]:
         ) from e
 
 
-def _plans(matrix_axes: Any, layout: str, params: Any) -> tuple[Any, list[str], list[Any]]:
-    """The treedef of ``params`` (``None`` leaves kept), the leaf paths and one plan per leaf."""
+def _plans(
+    matrix_axes: Any, layout: str, params: Any, stack_axes: Any = None, masked: bool = False
+) -> tuple[Any, list[str], list[Any]]:
+    """The treedef of ``params`` (``None`` leaves kept), the leaf paths and one plan per leaf
+    (``stack_axes`` and the weight-matrix rule from :func:`optareg._paths.leaf_layouts`;
+    ``masked``: a mask chose the leaves, the name rule does not apply)."""
     treedef = jax.tree.structure(params, is_leaf=_is_none)
     flat = treedef.flatten_up_to(params)
     paths = _paths.leaf_paths(params, treedef)
     specs = _specs(matrix_axes, params, treedef)
+    layouts = _paths.leaf_layouts(stack_axes, params)
     plans = [
-        None if p is None else _plan_for(tuple(jnp.shape(p)), s, path, layout)
-        for p, s, path in zip(flat, specs, paths, strict=True)
+        None if p is None else _plan_for(tuple(jnp.shape(p)), s, path, layout, lay, masked)
+        for p, s, path, lay in zip(flat, specs, paths, layouts, strict=True)
     ]
     return treedef, paths, plans
 
@@ -494,9 +520,11 @@ def _check_int_args(**values: Any) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _plans_active(matrix_axes: Any, layout: str, params: Any):
+def _plans_active(
+    matrix_axes: Any, layout: str, params: Any, stack_axes: Any = None, masked: bool = False
+):
     """Make the plans of the whole ``params`` (by path) visible to the per-leaf operator."""
-    _, paths, plans = _plans(matrix_axes, layout, params)
+    _, paths, plans = _plans(matrix_axes, layout, params, stack_axes, masked)
     token = _ACTIVE_PLANS.set(dict(zip(paths, plans, strict=True)))
     try:
         yield
@@ -504,22 +532,38 @@ def _plans_active(matrix_axes: Any, layout: str, params: Any):
         _ACTIVE_PLANS.reset(token)
 
 
-def _with_plans(inner: Any, matrix_axes: Any, layout: str) -> Any:
-    """``inner`` (the shared post-step transform) with the plans of the whole params active."""
+def _with_plans(
+    inner: Any,
+    matrix_axes: Any,
+    layout: str,
+    name: str = _NAME,
+    *,
+    stack_axes: Any = None,
+    masked: bool = False,
+) -> Any:
+    """``inner`` (the shared post-step transform) with the plans of the whole params active.
+
+    Also the path of :func:`optareg.spectral_hammer` / :func:`optareg.spectral_weight_decay`
+    (``name`` is theirs: errors and the chain tag). ``stack_axes``: as in
+    :func:`spectral_clip` (an int ``matrix_axes`` is its alias); ``masked``: a mask selects the
+    leaves (the weight-matrix name rule then does not apply).
+    """
+    args = (matrix_axes, layout)
+    kw = {"stack_axes": stack_axes, "masked": masked}
 
     def init_fn(params):
         if _validation.is_params_placeholder(params):
             return inner.init(params)
-        with _plans_active(matrix_axes, layout, params):
+        with _plans_active(*args, params, **kw):
             return inner.init(params)
 
     def update_fn(updates, state, params=None, **extra_args):
-        _validation.require_params(params, _NAME)
-        with _plans_active(matrix_axes, layout, params):
+        _validation.require_params(params, name)
+        with _plans_active(*args, params, **kw):
             return inner.update(updates, state, params, **extra_args)
 
     tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
-    return _chain.tag(tx, "post_step", _NAME)
+    return _chain.tag(tx, "post_step", name)
 
 
 def spectral_clip(
@@ -533,6 +577,7 @@ def spectral_clip(
     matrix_axes: Any = None,
     layout: str = "auto",
     metrics_every: int = 1,
+    stack_axes: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Keep every weight matrix's spectral norm ``‖W‖₂ ≤ c`` after each step (post-step).
 
@@ -595,15 +640,19 @@ def spectral_clip(
         such as an Equinox module of bools); masked-out leaves pass through. Leaves that are
         not matrices always pass through.
       matrix_axes: how leaves are viewed as matrices, overriding ``layout`` where given:
-        ``None`` (use the layout), an ``int`` (number of leading batch axes), an
-        ``optax.contrib.MuonDimensionNumbers``, a pytree (or prefix) of these, or a callable
-        ``params -> pytree``.
+        ``None`` (use the layout), an ``int`` (alias of ``stack_axes``: the number of leading
+        layer axes), an ``optax.contrib.MuonDimensionNumbers``, a pytree (or prefix) of these,
+        or a callable ``params -> pytree``.
       layout: ``"auto"`` (default), ``"flax"`` or ``"torch"``: which axis of a leaf is its
         output axis (see :mod:`optareg.spectral`).
       metrics_every: record the σ metrics on the steps with ``count % metrics_every == 0``
         (``>= 1``). σ is a by-product of ``"exact"`` and ``"power"`` and is recorded every
         step; ``"newton_schulz"`` skips its metric-only power iteration in between. The
         updates are identical for every value.
+      stack_axes: the number of leading layer axes of a leaf (each layer is its own matrix):
+        ``None`` (none), an int ``≥ 0``, a pytree prefix of the params with int / ``None``
+        leaves, or a callable ``(path, leaf) -> int | None``; not together with an int
+        ``matrix_axes`` (its alias).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is :class:`SpectralClipState`
@@ -640,7 +689,7 @@ def spectral_clip(
     _validation.check_scalar("max_norm", max_norm, low=0.0, low_inclusive=False)
     _validation.check_choice("method", method, _METHODS)
     _masking.check_mask("mask", mask)
-    _check_matrix_axes(matrix_axes)
+    _check_axes_args(matrix_axes, stack_axes)
     _paths.check_layout(layout)
     leaf_fn, every = _LEAF_FNS[method], ints["metrics_every"]
 
@@ -672,7 +721,19 @@ def spectral_clip(
         state_cls=SpectralClipState,
         inequality=_exact_inside if method == "exact" else None,
     )
-    return _with_plans(inner, matrix_axes, layout)
+    return _with_plans(inner, matrix_axes, layout, stack_axes=stack_axes, masked=mask is not None)
+
+
+def _check_axes_args(matrix_axes: Any, stack_axes: Any) -> None:
+    """``matrix_axes`` and ``stack_axes`` checked; an int ``matrix_axes`` is an alias of
+    ``stack_axes``, so the two are not given together."""
+    _check_matrix_axes(matrix_axes)
+    _paths.check_stack_axes(stack_axes)
+    if _is_int(matrix_axes) and stack_axes is not None:
+        raise ValueError(
+            f"`matrix_axes`={matrix_axes} is an alias of `stack_axes`={matrix_axes}; give one "
+            "of them, not both."
+        )
 
 
 def _init_fields(params: Any, method: str, init_iters: int) -> dict[str, Any]:
@@ -694,7 +755,9 @@ def _init_fields(params: Any, method: str, init_iters: int) -> dict[str, Any]:
     }
 
 
-def spectral_norms(params: Any, matrix_axes: Any = None, *, layout: str = "auto") -> Any:
+def spectral_norms(
+    params: Any, matrix_axes: Any = None, *, layout: str = "auto", stack_axes: Any = None
+) -> Any:
     """Exact spectral norm of every matrix in ``params`` (a diagnostic, not for the hot path).
 
     Leaves are viewed as matrices exactly as in :func:`spectral_clip` (same ``matrix_axes`` and
@@ -704,6 +767,7 @@ def spectral_norms(params: Any, matrix_axes: Any = None, *, layout: str = "auto"
       params: a pytree of arrays.
       matrix_axes: as in :func:`spectral_clip`.
       layout: as in :func:`spectral_clip`: ``"auto"``, ``"flax"`` or ``"torch"``.
+      stack_axes: as in :func:`spectral_clip` (a stack of ``L`` layers gives ``L`` norms).
 
     Returns:
       A tree shaped like ``params``: per matrix leaf an array of shape ``batch_shape`` (``()``
@@ -715,10 +779,13 @@ def spectral_norms(params: Any, matrix_axes: Any = None, *, layout: str = "auto"
       >>> norms = optareg.spectral_norms({"w": jnp.diag(jnp.array([3.0, 0.5])), "b": jnp.ones(2)})
       >>> round(float(norms["w"]), 4), norms["b"]
       (3.0, None)
+      >>> stack = {"kernel": jnp.stack([2 * jnp.eye(2), 0.5 * jnp.eye(2)])}  # 2 layers
+      >>> optareg.spectral_norms(stack, stack_axes=1)["kernel"]
+      Array([2. , 0.5], dtype=float32)
     """
-    _check_matrix_axes(matrix_axes)
+    _check_axes_args(matrix_axes, stack_axes)
     _paths.check_layout(layout)
-    treedef, _, plans = _plans(matrix_axes, layout, params)
+    treedef, _, plans = _plans(matrix_axes, layout, params, stack_axes)
     out = []
     for p, plan in zip(treedef.flatten_up_to(params), plans, strict=True):
         if plan is None:

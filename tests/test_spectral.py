@@ -156,9 +156,12 @@ def test_bad_arguments_raise_at_construction(kwargs, match):
 
 def test_bad_matrix_axes_raise_at_init():
     params = {"w": jnp.ones((4, 3))}
-    for spec in (MuonDimensionNumbers(0, 0), MuonDimensionNumbers(0, 5), 1):
+    for spec in (MuonDimensionNumbers(0, 0), MuonDimensionNumbers(0, 5)):
         with pytest.raises(ValueError, match="matrix_axes"):
             optareg.spectral_clip(matrix_axes=spec).init(params)
+    # an int is the alias of stack_axes: a (4, 3) leaf with one layer axis is 4 vectors, no
+    # matrix, and passes through (no error)
+    assert optareg.spectral_clip(matrix_axes=1).init(params).sigma["w"] is None
     with pytest.raises(ValueError, match="params"):
         optareg.spectral_clip().update(params, optareg.spectral_clip().init(params), None)
 
@@ -448,8 +451,12 @@ def test_layout_explicit_and_matrix_axes_win():
     torch = optareg.spectral_norms(params, layout="torch")["w"]
     np.testing.assert_allclose(auto, np_sigma_max(w.reshape(-1, 2)), rtol=1e-5)
     np.testing.assert_allclose(torch, np_sigma_max(w.reshape(4, -1)), rtol=1e-5)
+    # an int matrix_axes is stack_axes: the layout applies within each layer (torch: the
+    # layer's first axis is its output axis)
     stacked = optareg.spectral_norms({"weight": params["w"]}, matrix_axes=1, layout="torch")
-    np.testing.assert_allclose(stacked["weight"], np_sigma_max(w.reshape(4, 6, 2)), rtol=1e-5)
+    np.testing.assert_allclose(stacked["weight"], np_sigma_max(w.reshape(4, 3, 4)), rtol=1e-5)
+    same = optareg.spectral_norms({"weight": params["w"]}, stack_axes=1, layout="torch")
+    np.testing.assert_array_equal(same["weight"], stacked["weight"])
     with pytest.raises(ValueError, match="layout"):
         optareg.spectral_clip(layout="jax")
     with pytest.raises(ValueError, match="layout"):

@@ -59,10 +59,24 @@ ENTRIES: list[Entry] = [
     Entry("max_norm-mask_fn", optareg.max_norm, {"max_value": 1.0, "mask": _matrices}),
     Entry("max_norm-schedule", optareg.max_norm, {"max_value": _SCHEDULE}),
     Entry("max_norm-every3", optareg.max_norm, {"max_value": 1.0, "metrics_every": 3}),
+    Entry(  # the conv kernel as 3 layers of (3, 2, 4); the bias as 4 layers: entry by entry
+        "max_norm-stack_axes",
+        optareg.max_norm,
+        {
+            "max_value": 1.0,
+            "stack_axes": {"conv": 1, "dense": 1},
+            "mask": {
+                "conv": {"kernel": True},
+                "dense": {"bias": True, "kernel": False},
+                "scale": False,
+            },
+        },
+    ),
     # unit_norm
     Entry("unit_norm", optareg.unit_norm),
     Entry("unit_norm-axis0", optareg.unit_norm, {"axis": 0}),  # the torch layout's unit axis
     Entry("unit_norm-mask", optareg.unit_norm, {"mask": _MASK_WITH_VECTORS}),
+    Entry("unit_norm-stack_axes", optareg.unit_norm, {"stack_axes": {"conv": 2}}),
     # non_neg
     Entry("non_neg", optareg.non_neg),
     Entry("non_neg-mask", optareg.non_neg, {"mask": _MASK}),

@@ -83,6 +83,11 @@ ENTRIES: list[Entry] = [
         {"strength": 1.0, "learning_rate": 0.1, "axis": -1, "mask": _MASK_WITH_VECTORS},
         inject=("strength", "learning_rate"),
     ),
+    Entry(  # a stack of 3 conv layers (3, 2, 4): one group per layer and output channel
+        "prox_group_lasso-stack_axes",
+        optareg.prox_group_lasso,
+        {"strength": 1.0, "learning_rate": 0.1, "stack_axes": {"conv": 1}},
+    ),
     Entry(
         "prox_group_lasso-schedule",
         optareg.prox_group_lasso,
@@ -100,6 +105,12 @@ ENTRIES: list[Entry] = [
         "prox_nuclear-mask",
         optareg.prox_nuclear,
         {"strength": 1.0, "learning_rate": 0.1, "mask": _MASK},
+        atol=1e-5,
+    ),
+    Entry(  # the conv kernel as 3 layers (3, 2, 4), each 3 matrices (2, 4)
+        "prox_nuclear-stack_axes",
+        optareg.prox_nuclear,
+        {"strength": 1.0, "learning_rate": 0.1, "stack_axes": {"conv": 1}},
         atol=1e-5,
     ),
     Entry(
