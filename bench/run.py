@@ -8,6 +8,7 @@ the exact command. Suites:
 2. ``roofline`` — minimum bytes per step / time, as a fraction of the measured copy bandwidth.
 3. ``spectral`` — ``spectral_clip_matrix`` exact / Newton–Schulz vs a plain SVD clip.
 3b. ``spectral_step`` — ``adamw`` + ``spectral_clip`` per method on 768×3072 kernels, as a ratio.
+3c. ``spectral_control`` — soft cap, hammer, spectral weight decay, QK-Clip after muon / adamw.
 4. ``sam`` — a training step with SGD, ``sam_perturb`` (reuse 1, 5), ``optax.contrib.sam``.
 5. ``memory`` — optimizer-state bytes as a multiple of parameter bytes.
 6. ``low_precision`` — ``low_precision_updates`` (kahan, stochastic) on bf16 params vs adamw.
@@ -38,6 +39,7 @@ SUITES = {
     "2": "roofline",
     "3": "spectral",
     "3b": "spectral_step",
+    "3c": "spectral_control",
     "4": "sam",
     "5": "memory",
     "6": "low_precision",

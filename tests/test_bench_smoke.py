@@ -141,3 +141,15 @@ def test_cond_rows(report):
     # the floor rows read inputs only (θ ordered before its in-place update): no copy either
     assert by_name["+ Σg² every step"][5].startswith("0 copies")
     assert by_name["+ Σg², Σθ² every step"][5].startswith("0 copies")
+
+
+def test_spectral_control_rows(report):
+    """Suite 3c: every method after muon and after adamw, each with a finite ratio."""
+    rows = _rows(report, "3c.")
+    names = [r[0] for r in rows]
+    for base in ("optax.contrib.muon", "optax.adamw"):
+        for method in ("soft_cap", "spectral_hammer", "spectral_weight_decay", "qk_clip"):
+            assert any(n.startswith(base + " +") and method in n for n in names), (base, method)
+    for r in rows:
+        if "alone" not in r[0]:
+            assert float(r[2].split()[0]) > 0, r

@@ -289,3 +289,25 @@ def test_random_walk_equilibrium_against_simulation():
     np.testing.assert_allclose(ratio, np.sqrt(2 * 4e-3 * lam * (1 - b1) / (1 + b1)), rtol=0.04)
     rms, _ = mod.random_walk_equilibrium(1e-3, 1e-4, b1)  # the limit: ηλ → 0
     np.testing.assert_allclose(rms, np.sqrt(1e-3 / 2e-1), rtol=1e-3)
+
+
+def test_lipschitz_transformer_smoke(tmp_path, capsys):
+    """Tiny flags: every run trains, the soft-capped run keeps every matrix under the cap, the
+    table and the PNG are written."""
+    mod = load_example("lipschitz_transformer")
+    argv = ["--steps", "6", "--eval-every", "3", "--d-model", "8", "--heads", "2"]
+    argv += ["--layers", "1", "--context", "8", "--batch-size", "4", "--max-chars", "3000"]
+    argv += ["--runs", "muon+soft_cap,muon+qk_clip"]  # two compilations, not four
+    res = mod.main([*argv, "--out", str(tmp_path)])
+    text = capsys.readouterr().out
+    assert_png(tmp_path / "lipschitz_transformer.png")
+    assert [r["run"] for r in res["runs"]] == ["muon+soft_cap", "muon+qk_clip"]
+    for r in res["runs"]:
+        assert np.isfinite(r["loss"]) and 0.0 <= r["val_acc"] <= 1.0, r["run"]
+        assert np.isfinite(r["bound"]) and r["bound"] > 0, r["run"]
+    capped = res["runs"][0]
+    assert capped["sigma_max"] <= res["cap"] * (1 + 1e-4), capped["sigma_max"]
+    for phrase in ("Lipschitz bound", "max logit", "saved"):
+        assert phrase in text
+    with pytest.raises(SystemExit):
+        mod.main(["--runs", "sgd"])
