@@ -7,7 +7,7 @@ jit-compiles and runs unchanged on CPU, GPU, TPU and sharded meshes. The kinds:
   (ready penalties in :mod:`optareg.penalties`);
 * post-step (last in the chain, returns ``P(θ + u) − θ``): :func:`decoupled_weight_decay`,
   the ``prox_*`` family, :func:`spectral_clip`, the constraints :func:`max_norm`,
-  :func:`unit_norm`, :func:`non_neg`, :func:`project`;
+  :func:`min_max_norm`, :func:`unit_norm`, :func:`non_neg`, :func:`project`;
 * extra-args (first in the chain, needs ``grad_fn``): :func:`sam_perturb`, and the pass-through
   :func:`sharpness_monitor` (top Hessian eigenvalue, edge of stability).
 * final (the very last): :func:`low_precision_updates`, so that bfloat16 / float16
@@ -33,6 +33,7 @@ from optareg.constraints import (
     AddPenaltyState,
     add_penalty,
     max_norm,
+    min_max_norm,
     non_neg,
     project,
     unit_norm,
@@ -106,6 +107,7 @@ __all__ = [
     "low_precision_updates",
     "masks",
     "max_norm",
+    "min_max_norm",
     "max_logit_attention_fn",
     "metrics",
     "nnx_sam_grad_fn",

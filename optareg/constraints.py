@@ -41,6 +41,7 @@ records ``"<name>/value"`` ``= λ_t·R(θ_t)``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -50,7 +51,15 @@ import optax
 
 from optareg import _chain, _counters, _masking, _numerics, _paths, _poststep, _validation
 
-__all__ = ["AddPenaltyState", "add_penalty", "max_norm", "non_neg", "project", "unit_norm"]
+__all__ = [
+    "AddPenaltyState",
+    "add_penalty",
+    "max_norm",
+    "min_max_norm",
+    "non_neg",
+    "project",
+    "unit_norm",
+]
 
 BOUNDARY_RTOL = 1e-6
 """Relative tolerance of ``max_norm``'s boundary test: a unit is on it if ``‖w‖ ≥ c(1 − 1e-6)``."""
@@ -228,6 +237,11 @@ def max_norm(
         over = s * r > c  # a NaN unit is not "over": its NaN entries stay NaN, the rest as is
         return jnp.where(over, xs * (c / jnp.where(over, r, 1)), x)
 
+    def inside(leaf, y, new_state, land_at, max_value):  # units left outside: round them down
+        del new_state, land_at
+        z = leaf.landed.astype(y.dtype)
+        return ~(norms(z, leaf.path) > _hp(max_value, y.dtype)), y, -jnp.sign(y)
+
     def stats(leaves, ys, hp):
         hits, total = [], 0
         for leaf in leaves:
@@ -244,6 +258,7 @@ def max_norm(
         select=_default_select(mask),
         stats=(_STATS, stats),
         metrics_every=metrics_every,
+        inequality=inside,
     )
     return _paths.with_layouts(tx, stack_axes, name)
 
@@ -328,6 +343,137 @@ def unit_norm(
     return _paths.with_layouts(tx, stack_axes, name)
 
 
+def _check_min_max(min_value: Any, max_value: Any, rate: Any) -> None:
+    """``min_max_norm``'s arguments: ``0 ≤ min ≤ max``, ``max > 0``, ``0 < rate ≤ 1``."""
+    _validation.check_scalar("min_value", min_value, low=0.0)
+    _validation.check_scalar("max_value", max_value, low=0.0, low_inclusive=False)
+    _validation.check_scalar("rate", rate, low=0.0, high=1.0, low_inclusive=False)
+    both = [v for v in (min_value, max_value) if not callable(v) and _validation.is_concrete(v)]
+    if len(both) == 2 and float(min_value) > float(max_value):
+        raise ValueError(
+            "min_max_norm: `min_value` must be <= `max_value` (0 <= min_value <= max_value, "
+            f"max_value > 0); got min_value={min_value!r} > max_value={max_value!r}."
+        )
+
+
+def min_max_norm(
+    min_value: _validation.ScalarOrSchedule = 0.0,
+    max_value: _validation.ScalarOrSchedule = 1.0,
+    rate: _validation.ScalarOrSchedule = 1.0,
+    *,
+    layout: str = "auto",
+    axis: int | None = None,
+    stack_axes: Any = None,
+    mask: _validation.MaskOrFn = None,
+    metrics_every: int = 1,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Min-max-norm constraint: every unit's norm is pulled into ``[min, max]`` (post-step).
+
+    .. math::
+
+        w_j \leftarrow w_j \cdot
+        \frac{\rho\,\mathrm{clip}(\|w_j\|_2, m, M) + (1 - \rho)\,\|w_j\|_2}{\|w_j\|_2},
+        \qquad w = \theta + u
+
+    Keras' ``MinMaxNorm(min_value=m, max_value=M, rate=ρ)`` per unit, with the exact norm
+    (no ``1e-7``): with ``ρ = 1`` every unit lands on a norm in ``[m, M]`` (the projection
+    onto the shell for ``m > 0``, onto the ball for ``m = 0``, i.e. :func:`max_norm`);
+    ``ρ < 1`` moves each norm the fraction ``ρ`` of the way. A unit already in ``[m, M]`` is
+    returned bit for bit, and a zero unit stays zero (it has no direction to scale; Keras
+    divides by ``1e-7`` and also leaves it at zero). Units, leaves and ``stack_axes`` as in
+    :func:`max_norm` (module docstring): without a mask, the weight matrices; a masked-in leaf
+    of per-layer rank below 2 has one unit per entry. Norms are computed after exact power-of-two
+    rescaling (no overflow).
+
+    The upper bound holds after every step, from any start: a unit that rounding in
+    ``optax.apply_updates`` would leave above ``max(M, ρ·clip + (1 − ρ)‖w_j‖)`` is landed with
+    its entries rounded toward zero (:mod:`optareg._poststep`'s inequality mechanism). The
+    lower bound holds to the landing guarantee (``½ulp(θ) + ulp(w)`` per entry).
+
+    Metric ``"min_max_norm/on_boundary"``: the fraction of units whose bound is active this
+    step: ``‖w_j‖ ≥ M(1 − 10⁻⁶)``, or ``m > 0`` and ``‖w_j‖ ≤ m(1 + 10⁻⁶)`` (zero units
+    included), measured on ``w = θ + u`` as in :func:`max_norm`.
+
+    Args:
+      min_value: the lower bound ``m ≥ 0`` (constant or schedule).
+      max_value: the upper bound ``M > 0``, ``M ≥ m`` (constant or schedule; where a schedule
+        gives ``m > M``, ``M`` wins).
+      rate: ``0 < ρ ≤ 1``, the fraction of the way to the clipped norm (constant or schedule).
+      layout: ``"auto"``, ``"flax"`` (unit = last axis) or ``"torch"`` (unit = first axis).
+      axis: the axis indexing the units (overrides ``layout``; static).
+      stack_axes: the number of leading layer axes (as in :func:`max_norm`; static).
+      mask: optax mask.
+      metrics_every: compute the metric when ``count % metrics_every == 0``.
+
+    Returns:
+      A post-step ``optax.GradientTransformationExtraArgs``; put it **last** in the chain.
+
+    Raises:
+      ValueError: ``min_value < 0``, ``max_value ≤ 0``, ``min_value > max_value`` (constants),
+        ``rate`` outside ``(0, 1]``, a bad ``layout`` or ``stack_axes``.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optareg
+      >>> tx = optareg.chain(optax.sgd(1.0), optareg.min_max_norm(0.5, 1.0))
+      >>> params = {"kernel": jnp.array([[3.0, 0.06, 0.0, 0.45], [4.0, 0.08, 0.0, 0.6]])}
+      >>> updates, state = tx.update({"kernel": jnp.zeros((2, 4))}, tx.init(params), params)
+      >>> optax.apply_updates(params, updates)["kernel"].round(6)  # norms 5, 0.1, 0, 0.75
+      Array([[0.6 , 0.3 , 0.  , 0.45],
+             [0.8 , 0.4 , 0.  , 0.6 ]], dtype=float32)
+      >>> float(optareg.metrics(state)["min_max_norm/on_boundary"])  # all but the last column
+      0.75
+
+    References:
+      Keras ``keras.constraints.MinMaxNorm`` (Chollet et al., 2015).
+      Srebro & Shraibman, "Rank, Trace-Norm and Max-Norm", COLT 2005.
+    """
+    name = "min_max_norm"
+    _check_min_max(min_value, max_value, rate)
+    leaf_axis = _unit_args(name, layout, axis, mask, stack_axes)
+
+    def norms(x, path):
+        _, s, r = _unit_norms(x, leaf_axis(x, path))
+        return s * r
+
+    def op(leaf, min_value, max_value, rate):
+        x, dt = leaf.x, leaf.x.dtype
+        xs, s, r = _unit_norms(x, leaf_axis(x, leaf.path))
+        n, rho = s * r, _hp(rate, dt)
+        clipped = jnp.clip(n, _hp(min_value, dt), _hp(max_value, dt))
+        want = jnp.where(rho < 1, rho * clipped + (1 - rho) * n, clipped)
+        move = (want != n) & (r > 0)  # a zero unit stays zero; a NaN unit is left as it is
+        return jnp.where(move, xs * (want / jnp.where(move, r, 1)), x)
+
+    def inside(leaf, y, new_state, land_at, max_value, rate, **_):  # above: round down
+        del new_state, land_at
+        c = _hp(max_value, y.dtype)  # with ρ < 1 a unit may be meant to land above c
+        bound = jnp.where(_hp(rate, y.dtype) < 1, jnp.maximum(c, norms(y, leaf.path)), c)
+        return ~(norms(leaf.landed.astype(y.dtype), leaf.path) > bound), y, -jnp.sign(y)
+
+    def stats(leaves, ys, hp):
+        hits, total = [], 0
+        for leaf in leaves:
+            n = norms(leaf.x, leaf.path)
+            lo, hi = _hp(hp["min_value"], n.dtype), _hp(hp["max_value"], n.dtype)
+            hits.append(
+                (n >= hi * (1 - BOUNDARY_RTOL)) | ((lo > 0) & (n <= lo * (1 + BOUNDARY_RTOL)))
+            )
+            total += n.size
+        return {"on_boundary": _fraction(hits, total)}
+
+    tx = _poststep.transformation(
+        op,
+        name=name,
+        hyperparams={"min_value": min_value, "max_value": max_value, "rate": rate},
+        mask=mask,
+        select=_default_select(mask),
+        stats=(_STATS, stats),
+        metrics_every=metrics_every,
+        inequality=inside,
+    )
+    return _paths.with_layouts(tx, stack_axes, name)
+
+
 def non_neg(
     mask: _validation.MaskOrFn = None, *, metrics_every: int = 1
 ) -> optax.GradientTransformationExtraArgs:
@@ -361,11 +507,20 @@ def non_neg(
     def op(leaf):
         return jnp.maximum(leaf.x, 0)
 
+    def inside(leaf, y, new_state, land_at):  # entries rounding left below 0: round them up
+        del new_state, land_at
+        return ~(leaf.landed < 0), y, jnp.ones((), y.dtype)
+
     def stats(leaves, ys, hp):
         return {"on_boundary": _numerics.zeros_fraction(ys)}
 
     return _poststep.transformation(
-        op, name="non_neg", mask=mask, stats=(_STATS, stats), metrics_every=metrics_every
+        op,
+        name="non_neg",
+        mask=mask,
+        stats=(_STATS, stats),
+        metrics_every=metrics_every,
+        inequality=inside,
     )
 
 
@@ -391,6 +546,49 @@ def _checked(y: Any, x: jax.Array, where: str) -> jax.Array:
 
 def _is_none(x: Any) -> bool:
     return x is None
+
+
+def _recheck(projection: Callable[[Any], Any], z: Any, y: Any) -> tuple[Any, Any]:
+    """The inequality of ``project``: ``(ok, direction)`` for the landed ``z`` (a leaf or a
+    tree, compute dtype): ``ok`` where ``z`` is a fixed point of ``P`` (per leaf), the direction
+    ``sign(P(z) − z)`` in which ``P`` would move it (an entry ``P`` leaves in place keeps its
+    side of ``y``, i.e. its landing). ``P`` is called only on the steps where some landed entry
+    differs from ``y = P(θ + u)`` (where ``z = y``, it is inside)."""
+
+    def side(pz, z, y):
+        pz = pz.astype(z.dtype)
+        return jnp.where(pz != z, jnp.sign(pz - z), jnp.sign(z - y))
+
+    def again():
+        pz = projection(z)
+        return (
+            jax.tree.map(lambda a, b: jnp.all(a.astype(b.dtype) == b), pz, z),
+            jax.tree.map(side, pz, z, y),
+        )
+
+    def exact():
+        return jax.tree.map(lambda b: jnp.array(True), z), jax.tree.map(jnp.zeros_like, z)
+
+    same = [jnp.all(a == b) for a, b in zip(jax.tree.leaves(z), jax.tree.leaves(y), strict=True)]
+    return jax.lax.cond(jnp.all(jnp.stack(same)), exact, again)
+
+
+def _land_inside_tree(projection, treedef, leaves, new_u, ys, dts):
+    """``project``'s tree path through the one inequality mechanism of the post-step path
+    (:func:`optareg._poststep.land_inside`): leaves that rounding left outside the set are
+    landed again, rounded toward the set."""
+    pairs = zip(leaves, new_u, strict=True)
+    landed = [None if u is None else _poststep.land(p, u) for (_, p), u in pairs]
+    z = [None if t is None else t.astype(dt) for t, dt in zip(landed, dts, strict=True)]
+    yc = [None if y is None else y.astype(dt) for y, dt in zip(ys, dts, strict=True)]
+    oks, dirs = _recheck(projection, treedef.unflatten(z), treedef.unflatten(yc))
+    oks, dirs = treedef.flatten_up_to(oks), treedef.flatten_up_to(dirs)
+    out = list(new_u)
+    for i, ((_, p), u) in enumerate(zip(leaves, new_u, strict=True)):
+        if u is not None:
+            check = functools.partial(lambda i: (oks[i], yc[i], dirs[i]), i)
+            out[i] = _poststep.land_inside(p, u, landed[i], check)[0]
+    return out
 
 
 def _project_tree(projection, name, mask, metrics_every):
@@ -440,6 +638,7 @@ def _project_tree(projection, name, mask, metrics_every):
             else (y.astype(dt) - p.astype(dt)).astype(_poststep.returned_dtype(u.dtype, p.dtype))
             for (u, p), y, dt in zip(leaves, ys, dts, strict=True)
         ]
+        new_u = _land_inside_tree(projection, treedef, leaves, new_u, ys, dts)
         kept = [(x, y) for x, y in zip(xs, ys, strict=True) if x is not None]
 
         def compute():
@@ -519,11 +718,21 @@ def project(
     def op(leaf):
         return _checked(projection(leaf.x), leaf.x, leaf.path)
 
+    def inside(leaf, y, new_state, land_at):  # rounded off the set: round toward P's side
+        del new_state, land_at
+        ok, direction = _recheck(projection, leaf.landed.astype(y.dtype), y)
+        return ok, y, direction
+
     def stats(leaves, ys, hp):
         return {"on_boundary": _changed_fraction([leaf.x for leaf in leaves], ys)}
 
     return _poststep.transformation(
-        op, name=name, mask=mask, stats=(_STATS, stats), metrics_every=metrics_every
+        op,
+        name=name,
+        mask=mask,
+        stats=(_STATS, stats),
+        metrics_every=metrics_every,
+        inequality=inside,
     )
 
 

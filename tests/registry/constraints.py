@@ -72,6 +72,20 @@ ENTRIES: list[Entry] = [
             },
         },
     ),
+    # min_max_norm
+    Entry(
+        "min_max_norm",
+        optareg.min_max_norm,
+        {"min_value": 0.5, "max_value": 1.0, "rate": 1.0, "metrics_every": 1},
+        inject=("min_value", "max_value", "rate"),
+    ),
+    Entry("min_max_norm-rate", optareg.min_max_norm, {"min_value": 0.2, "rate": 0.5}),
+    Entry(
+        "min_max_norm-mask",
+        optareg.min_max_norm,
+        {"min_value": 0.25, "max_value": 0.5, "mask": _MASK_WITH_VECTORS, "layout": "torch"},
+    ),
+    Entry("min_max_norm-schedule", optareg.min_max_norm, {"max_value": _SCHEDULE}),
     # unit_norm
     Entry("unit_norm", optareg.unit_norm),
     Entry("unit_norm-axis0", optareg.unit_norm, {"axis": 0}),  # the torch layout's unit axis
