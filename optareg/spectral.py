@@ -84,14 +84,17 @@ from optareg._spectral_ops import (
     clip_newton_schulz,
     landing_pull,
     power_iterate,
+    scaled_norm,
     sigma_max,
+    soft_cap,
+    soft_cap_gain,
     start_vectors,
 )
 
 __all__ = ["SpectralClipState", "spectral_clip", "spectral_norms"]
 
 _NAME = "spectral_clip"
-_METHODS = ("exact", "power", "newton_schulz")
+_METHODS = ("exact", "power", "newton_schulz", "soft_cap")
 _INT_ARGS = ("num_iters", "init_iters", "ns_steps", "metrics_every")
 # "power": the largest growth factor σ(θ + u)/σ(θ) of one step that the prediction follows;
 # beyond it the estimate is deemed unreliable (e.g. θ changed outside the optimizer).
@@ -410,13 +413,48 @@ def _newton_schulz_leaf(
     }
 
 
-_LEAF_FNS = {"exact": _exact_leaf, "power": _power_leaf, "newton_schulz": _newton_schulz_leaf}
+def _soft_cap_leaf(
+    leaf: _poststep.Leaf, plan: _Plan, c: jax.Array, *, max_update_norm=None, **_
+) -> tuple[Any, dict]:
+    """``"soft_cap"``: the paper's two cubics, ``α`` coupled per matrix to an upper bound on
+    σ_max(θ + u), ``k = min(‖θ + u‖_F, s + b)``: ``s`` the bound on σ_max(θ) that the last step
+    left ("expected"; exact at ``init``), ``b`` = ``max_update_norm`` or ``‖u‖_F``. ``k`` is
+    kept as "sigma", the bound it leaves, ``k·g(αk²)`` (``= c`` unless clamped), as
+    "expected"."""
+    w = _to_mats(leaf.x, plan)
+    frob = scaled_norm(w.reshape(plan.batch, -1))  # overflow-safe
+    if max_update_norm is None:
+        step = scaled_norm(_to_mats(leaf.u, plan).reshape(plan.batch, -1))
+    else:
+        step = jnp.asarray(max_update_norm, w.dtype)
+    before = leaf.state["expected"].astype(w.dtype).reshape(plan.batch)
+    bound = jnp.minimum(frob, before + step)
+    k = bound / c
+    y, alpha = soft_cap(w, c, k)
+    beta = jnp.where(alpha > 0, alpha * k * k, 0.0)  # α·k² ≤ 1/3 (0 where k is not finite)
+    after = bound * soft_cap_gain(beta)
+    shapes = plan.batch_shape
+    return _from_mats(y, plan), {
+        **leaf.state,
+        "sigma": bound.reshape(shapes),
+        # a bound beyond the float range is kept as the largest float: α = 0 there (no cap)
+        "expected": jnp.minimum(after, jnp.finfo(w.dtype).max).reshape(shapes),
+    }
+
+
+_LEAF_FNS = {
+    "exact": _exact_leaf,
+    "power": _power_leaf,
+    "newton_schulz": _newton_schulz_leaf,
+    "soft_cap": _soft_cap_leaf,
+}
 # The per-leaf state fields each method keeps (the others are ``None``).
 _ALL_FIELDS = ("u", "v", "sigma", "expected")
 _FIELDS = {
     "exact": ("sigma",),
     "power": ("u", "v", "sigma", "expected"),
     "newton_schulz": ("u", "v", "sigma"),
+    "soft_cap": ("sigma", "expected"),
 }
 
 
@@ -439,9 +477,11 @@ class SpectralClipState(NamedTuple):
         ``σ̂(θ)·g`` used for the rescale for ``"power"``, the power-iteration estimate (a lower
         bound, updated on metrics steps) for ``"newton_schulz"``. At ``init``: the same quantity
         for the initial params.
-      expected: ``"power"`` only (else ``None``): ``s·σ̂(θ)`` of the last step, the spectral norm
-        the parameters would have now had that step not changed it; the next step's growth
-        factor is measured against it.
+      expected: ``"power"``: ``s·σ̂(θ)`` of the last step, the spectral norm the parameters
+        would have now had that step not changed it; the next step's growth factor is measured
+        against it. ``"soft_cap"``: the upper bound on σ_max(θ) that the last step left (exact
+        σ_max at ``init``); ``sigma`` then holds the bound ``k`` on σ_max(θ + u) the cap was
+        coupled to. ``None`` for the other methods.
     """
 
     count: jax.Array  # int32, shape ()
@@ -480,8 +520,11 @@ def _init_leaf(p: jax.Array, plan: _Plan, method: str, init_iters: int) -> dict[
     """The per-leaf state at ``init``: vectors from ``init_iters`` iterations on θ₀, σ of θ₀."""
     w = _to_mats(_numerics.upcast(p), plan)
     shapes = plan.batch_shape
-    if method == "exact":
-        return {"u": None, "v": None, "sigma": sigma_max(w).reshape(shapes), "expected": None}
+    if method in ("exact", "soft_cap"):
+        sigma = sigma_max(w).reshape(shapes)
+        big = jnp.finfo(w.dtype).max
+        expected = jnp.minimum(sigma, big) if method == "soft_cap" else None
+        return {"u": None, "v": None, "sigma": sigma, "expected": expected}
     a, b = start_vectors(plan.batch, plan.m, plan.n, w.dtype)
     sigma = jnp.zeros((plan.batch,), w.dtype)
     if isinstance(init_iters, jax.core.Tracer):  # inject_hyperparams under a jitted init
@@ -517,6 +560,19 @@ def _check_int_args(**values: Any) -> dict[str, Any]:
     ``optax.inject_hyperparams`` (loop bounds and the ``metrics_every`` predicate accept them)."""
     low = {"num_iters": 1, "init_iters": 0, "ns_steps": 1, "metrics_every": 1}
     return {k: _validation.check_int_or_traced(k, v, low=low[k]) for k, v in values.items()}
+
+
+def _check_max_update_norm(max_update_norm: Any, method: str) -> None:
+    """``max_update_norm``: ``None`` or a number / schedule ``>= 0``, for ``"soft_cap"`` only."""
+    if max_update_norm is None:
+        return
+    if method != "soft_cap":
+        raise ValueError(
+            "`max_update_norm` couples the strength of method='soft_cap' to the step size and is "
+            f"used by that method only; got it with method={method!r}. Drop it, or use "
+            "method='soft_cap'."
+        )
+    _validation.check_scalar("max_update_norm", max_update_norm, low=0.0)
 
 
 @contextlib.contextmanager
@@ -578,6 +634,7 @@ def spectral_clip(
     layout: str = "auto",
     metrics_every: int = 1,
     stack_axes: Any = None,
+    max_update_norm: _validation.ScalarOrSchedule | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Keep every weight matrix's spectral norm ``‖W‖₂ ≤ c`` after each step (post-step).
 
@@ -595,6 +652,7 @@ def spectral_clip(
     ``"exact"`` (default)     projection; ``σ_max ≤ c(1 + 10⁻⁶)``       one ``eigh`` / matrix
     ``"newton_schulz"``       projection; ``σ_max ≤ c(1 + 5·10⁻⁴)``     ``4·ns_steps + 8`` matmuls
     ``"power"``               rescale; as good as its estimate         two mat-vecs on θ
+    ``"soft_cap"``            ``σ_max ≤ c`` while ``k ≤ 1.31c``         4 products / matrix
     ========================  ======================================  =====================
 
     * ``"exact"`` (default): the Euclidean projection ``U min(Σ, c) Vᵀ``: singular values above
@@ -633,6 +691,27 @@ def spectral_clip(
       (spectral normalization) and where a ~1% excess is acceptable; use ``"exact"`` for a
       certified Lipschitz bound.
 
+    * ``"soft_cap"``: the spectral soft cap of Newhouse et al. (2025, §3, "spectral soft cap"),
+      made for Muon: no SVD, no ``eigh``, four matrix products. Two odd cubics are applied to
+      the singular values, ``W ← c·p₂(p₁(W/c))`` with ``p₁(M) = M(I − αMᵀM)`` and
+      ``p₂(M) = M(I + αMᵀM)`` (Gram on the short side), so each singular value becomes
+      ``c·f_α(σ/c)``, ``f_α(σ) = p₂(p₁(σ)) = σ(1 − 3β² + 3β³ − β⁴)``, ``β = ασ²``. As in the
+      paper, ``α`` is *coupled* to the step: with ``k`` an upper bound on ``σ_max(θ + u)``, ``α``
+      solves ``f_α(k/c) = 1`` (the paper's quartic ``−k⁹α⁴ + 3k⁷α³ − 3k⁵α² + k − 1 = 0``, its
+      smallest non-negative root, in units of ``c``), so every singular value in ``[0, k]`` lands
+      in ``[0, c]`` (``f_α`` is increasing there). ``k = min(‖θ + u‖_F, s + b)`` per matrix:
+      ``s`` is the bound on σ_max(θ) that the previous step left (``c`` once inside; the exact
+      σ_max of θ₀ at ``init``), ``b`` bounds ``‖u‖₂``: ``max_update_norm`` (for
+      ``optax.contrib.muon`` at learning rate ``η``: ``η·√max(1, fan_out/fan_in)``, the
+      spectral norm of its step, which is the paper's coupling ``k = c + η``) or, by default,
+      ``‖u‖_F`` (always ``≥ ‖u‖₂``: certified, but a stronger cap than needed). So a matrix
+      inside the ball stays inside (as far as ``b`` holds); from further than ``1.31c`` out
+      (``α`` clamped at ``αk² = 1/3``) one step multiplies the bound by ``g(1/3) ≈ 0.77``, and
+      a few steps bring it in. Unlike the projection it also shrinks the singular values below
+      ``c`` (by ``f_α(σ)/σ = g(ασ²) ≥ 1 − 3α²σ⁴``): a weight decay that acts hardest near the
+      cap. The bound lives in the state: parameters changed outside the optimizer need a new
+      ``init``.
+
     Why ``"power"`` is not certified: a cheap *upper* bound on σ_max (``‖W‖_F``,
     ``√(‖W‖₁‖W‖_∞)``) is loose by up to ``√rank``, and rescaling by it would shrink the matrix by
     that factor; residual-based bounds locate *some* singular value, not the largest. A
@@ -640,7 +719,7 @@ def spectral_clip(
 
     Args:
       max_norm: the bound ``c > 0`` (a constant or a schedule of the step count).
-      method: ``"exact"`` (default), ``"power"`` or ``"newton_schulz"``.
+      method: ``"exact"`` (default), ``"power"``, ``"newton_schulz"`` or ``"soft_cap"``.
       num_iters: power iterations per step (``>= 1``; ``"power"`` and ``"newton_schulz"``).
       init_iters: power iterations at ``init`` (``>= 0``; run in a ``lax.fori_loop``).
       ns_steps: Newton–Schulz steps (``>= 1``; ``"newton_schulz"``).
@@ -661,6 +740,9 @@ def spectral_clip(
         ``None`` (none), an int ``≥ 0``, a pytree prefix of the params with int / ``None``
         leaves, or a callable ``(path, leaf) -> int | None``; not together with an int
         ``matrix_axes`` (its alias).
+      max_update_norm: ``"soft_cap"`` only: a bound ``b >= 0`` on the spectral norm of the
+        incoming update (a constant or a schedule, e.g. Muon's learning rate times its shape
+        factor); ``None`` (default) uses ``‖u‖_F`` of each matrix.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is :class:`SpectralClipState`
@@ -690,12 +772,15 @@ def spectral_clip(
       Gouk et al., "Regularisation of Neural Networks by Enforcing Lipschitz Continuity", 2021.
       Sedghi, Gupta & Long, "The Singular Values of Convolutional Layers", ICLR 2019.
       Amsel et al., "The Polar Express", 2025 (arXiv:2505.16932).
+      Newhouse, Hess, Cesista, Zahorodnii, Bernstein & Isola, "Training Transformers with
+      Enforced Lipschitz Constants", 2025 (arXiv:2507.13338): the spectral soft cap.
     """
     ints = _check_int_args(
         num_iters=num_iters, init_iters=init_iters, ns_steps=ns_steps, metrics_every=metrics_every
     )
     _validation.check_scalar("max_norm", max_norm, low=0.0, low_inclusive=False)
     _validation.check_choice("method", method, _METHODS)
+    _check_max_update_norm(max_update_norm, method)
     _masking.check_mask("mask", mask)
     _check_axes_args(matrix_axes, stack_axes)
     _paths.check_layout(layout)
@@ -707,14 +792,17 @@ def spectral_clip(
             return {f: marker if f in _FIELDS[method] else None for f in _ALL_FIELDS}
         return _init_fields(params, method, ints["init_iters"])
 
-    def operator(leaf, max_norm, metrics_step=True):
-        plan = _ACTIVE_PLANS.get()[leaf.path]
-        y, new = leaf_fn(
-            leaf, plan, _scalar(max_norm, leaf.x.dtype), metrics_step=metrics_step, **ints
-        )
+    def operator(leaf, max_norm, metrics_step=True, max_update_norm=None):
+        plan, dt = _ACTIVE_PLANS.get()[leaf.path], leaf.x.dtype
+        kw = dict(ints, metrics_step=metrics_step)
+        if max_update_norm is not None:
+            kw["max_update_norm"] = _scalar(max_update_norm, dt)
+        y, new = leaf_fn(leaf, plan, _scalar(max_norm, dt), **kw)
         return y, {k: None if v is None else v.astype(leaf.state[k].dtype) for k, v in new.items()}
 
     hyperparams = {"max_norm": max_norm}
+    if max_update_norm is not None:
+        hyperparams["max_update_norm"] = max_update_norm
     if method == "newton_schulz":
         # Always a traced predicate behind a barrier, also for every == 1: one compiled program
         # whatever `metrics_every` is, so the updates are bit-identical across its values.
