@@ -1,7 +1,8 @@
 """Proximal regularizers (post-step): L1, elastic net, group lasso, nuclear norm, and ProxAdam.
 
 Each transform goes **last** in an ``optax.chain`` and returns ``prox(θ + u) − θ``, so that
-``optax.apply_updates`` lands exactly on ``prox(θ + u)`` — exact zeros included. The prox threshold
+``optax.apply_updates`` lands within ``½ulp(θ) + ulp(prox)`` of ``prox(θ + u)`` entrywise, exact
+zeros exact (:mod:`optareg._poststep`, the landing guarantee). The prox threshold
 is ``τ_t = η_t·λ_t`` where ``learning_rate`` must be the *same* value or schedule the optimizer
 uses; both are evaluated on the transform's own step counter (which advances once per update,
 like the optimizer's). This is proximal gradient descent (ISTA) when the base optimizer is SGD.
