@@ -371,38 +371,40 @@ def test_qk_clip_linen_recipe_end_to_end():
 # chained after muon (its non-matrix leaves go to adam) and after adamw
 # --------------------------------------------------------------------------------------------
 
-_METHODS = {
-    "soft_cap": lambda: optareg.spectral_clip(1.0, method="soft_cap"),
-    "hammer": lambda: optareg.spectral_hammer(1.0, num_iters=2),
-    "spectral_wd": lambda: optareg.spectral_weight_decay(0.1, learning_rate=0.02),
-}
+
+def _only(name):
+    """A mask selecting the kernel ``name`` of the chained test's params."""
+    return lambda params: {k: k == name for k in params}
 
 
 @pytest.mark.parametrize("base", ["muon", "adamw"])
-@pytest.mark.parametrize("method", sorted(_METHODS))
-def test_chained_after_muon_and_adamw(base, method):
+def test_chained_after_muon_and_adamw(base):
+    """Each method on its own kernel (masks), all in one chain after the optimizer: the vectors
+    (muon routes them to adam) pass through as the optimizer made them, the hammer and the soft
+    cap hold the bound, spectral weight decay shrinks the top singular value."""
     rng = np.random.default_rng(11)
+    start = {"soft": [0.9, 0.5, 0.3], "hammer": [0.9, 0.5, 0.3], "swd": [3.0, 0.5, 0.3]}
     params = {
-        "dense": {
-            "kernel": jnp.asarray(_with_spectrum(16, 8, [0.9, 0.5, 0.3]), jnp.float32),
-            "bias": jnp.asarray(rng.standard_normal(8), jnp.float32),
-        },
-        "scale": jnp.ones(8),
+        k: jnp.asarray(_with_spectrum(16, 8, v, seed=i), jnp.float32)
+        for i, (k, v) in enumerate(start.items())
     }
+    params["bias"] = jnp.asarray(rng.standard_normal(8), jnp.float32)
     opt = optax.contrib.muon(0.02) if base == "muon" else optax.adamw(0.02)
-    tx = optareg.chain(opt, _METHODS[method]())
-    ref = jax.jit(opt.update)
+    tx = optareg.chain(
+        opt,
+        optareg.spectral_clip(1.0, method="soft_cap", mask=_only("soft")),
+        optareg.spectral_hammer(1.0, num_iters=2, mask=_only("hammer")),
+        optareg.spectral_weight_decay(0.1, learning_rate=0.5, mask=_only("swd")),
+    )
     state, ref_state = tx.init(params), opt.init(params)
-    step = jax.jit(tx.update)
-    for i in range(5):
+    step, ref = jax.jit(tx.update), jax.jit(opt.update)
+    for _ in range(4):
         g = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
         u, state = step(g, state, params)
         ru, ref_state = ref(g, ref_state, params)
-        # the vectors (muon routes them to adam) pass through untouched
-        np.testing.assert_allclose(u["dense"]["bias"], ru["dense"]["bias"], rtol=1e-6)
-        np.testing.assert_allclose(u["scale"], ru["scale"], rtol=1e-6)
+        np.testing.assert_allclose(u["bias"], ru["bias"], rtol=1e-6)
         params = optax.apply_updates(params, u)
-        assert np.isfinite(np.asarray(params["dense"]["kernel"])).all(), i
-    top = _svals(params["dense"]["kernel"])[0]
-    if method != "spectral_wd":
-        assert top <= 1.0 + 1e-3, top  # the bound holds under both optimizers at this step size
+        assert all(np.isfinite(np.asarray(v)).all() for v in params.values())
+    assert _svals(params["soft"])[0] <= 1.0 + 1e-5
+    assert _svals(params["hammer"])[0] <= 1.0 + 1e-3  # power iterate: not a certificate
+    assert _svals(params["swd"])[0] < 3.0 * 0.95**3  # (1 − λη) = 0.95 per step, plus the steps
