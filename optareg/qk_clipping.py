@@ -471,7 +471,14 @@ def attention_max_logits(
     return jnp.max(logits, axis=axes)
 
 
-def max_logit_attention_fn(query, key, value, *args, module=None, **kwargs):
+def max_logit_attention_fn(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    *args: Any,
+    module: Any = None,
+    **kwargs: Any,
+) -> jax.Array:
     """A drop-in ``attention_fn`` for Flax ``MultiHeadDotProductAttention`` (linen) and
     ``MultiHeadAttention`` (NNX) that also records the per-head maximum logit.
 
