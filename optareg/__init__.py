@@ -57,7 +57,6 @@ from optareg.proximal import (
     prox_l1,
     prox_nuclear,
 )
-from optareg.sam import SamPerturbState, sam_perturb
 from optareg.qk_clipping import (
     QKClipState,
     attention_max_logits,
@@ -65,16 +64,18 @@ from optareg.qk_clipping import (
     max_logit_attention_fn,
     qk_clip,
 )
+from optareg.sam import SamPerturbState, sam_perturb
+from optareg.sharding import state_shardings
 from optareg.sharpness import SharpnessMonitorState, hessian_top_eigenvalue, sharpness_monitor
 from optareg.spectral import SpectralClipState, spectral_clip, spectral_norms
-
-__version__ = "0.1.0"
 from optareg.spectral_control import (
     SpectralHammerState,
     SpectralWeightDecayState,
     spectral_hammer,
     spectral_weight_decay,
 )
+
+__version__ = "0.1.0"
 
 __all__ = [
     "AddDecayedWeightsState",
@@ -85,30 +86,30 @@ __all__ = [
     "EarlyStoppingState",
     "LowPrecisionState",
     "ProxAdamState",
+    "QKClipState",
     "SamPerturbState",
     "SharpnessMonitorState",
-    "QKClipState",
     "SpectralClipState",
-    "TrackState",
-    "add_decayed_weights",
     "SpectralHammerState",
     "SpectralWeightDecayState",
+    "TrackState",
+    "add_decayed_weights",
     "add_penalty",
+    "attention_max_logits",
     "averaged_params",
     "chain",
-    "attention_max_logits",
+    "collect_max_logits",
     "decay_schedule",
     "decay_timescale",
-    "collect_max_logits",
     "decoupled_weight_decay",
     "early_stopping",
     "ema_params",
     "hessian_top_eigenvalue",
     "low_precision_updates",
+    "max_logit_attention_fn",
     "masks",
     "max_norm",
     "min_max_norm",
-    "max_logit_attention_fn",
     "metrics",
     "nnx_sam_grad_fn",
     "non_neg",
@@ -120,16 +121,17 @@ __all__ = [
     "prox_group_lasso",
     "prox_l1",
     "prox_nuclear",
+    "qk_clip",
     "recompute_batch_stats",
     "sam_perturb",
     "sharpness_monitor",
-    "qk_clip",
     "spectral_clip",
+    "spectral_hammer",
     "spectral_norms",
+    "spectral_weight_decay",
+    "state_shardings",
     "swa",
     "track",
-    "spectral_hammer",
     "unit_norm",
-    "spectral_weight_decay",
     "weight_decay_for_timescale",
 ]

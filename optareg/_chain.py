@@ -28,7 +28,7 @@ from typing import Any
 
 import optax
 
-from optareg import _validation
+from optareg import _validation, sharding
 
 __all__ = ["KINDS", "chain", "kind_of", "tag"]
 
@@ -60,11 +60,20 @@ _KIND_OF_NAME: dict[str, str] = {}
 _OPTIMIZERS = ("optimizer", "complete", "skipping")
 
 
+# the kinds whose operators are written for one device and run on explicit-sharding meshes
+# through optareg.sharding.run_local (gradient-side and extra-args ones call the user's penalty /
+# grad_fn, which may close over explicit-sharded arrays: they are left as they are)
+_EXPLICIT_READY = ("post_step", "final", "optimizer", "averaging")
+
+
 def tag(tx: Any, kind: str, name: str) -> Any:
-    """Record ``tx``'s kind and name for :func:`chain`; returns ``tx`` itself."""
+    """Record ``tx``'s kind and name for :func:`chain`; returns ``tx`` (for the kinds in
+    ``_EXPLICIT_READY``, wrapped by :func:`optareg.sharding.explicit_ready`)."""
     if kind not in KINDS:  # pragma: no cover - a programming error in optareg itself
         raise ValueError(f"unknown kind {kind!r}")
     _KIND_OF_NAME[name] = "complete" if kind == "optimizer" else kind
+    if kind in _EXPLICIT_READY:  # explicit-sharding meshes: see optareg.sharding
+        tx = sharding.explicit_ready(tx)
     try:
         _TAGS[tx.init] = (kind, name, ())
     except TypeError:  # pragma: no cover - an init that cannot be weakly referenced

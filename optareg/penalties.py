@@ -17,6 +17,7 @@ nothing; so does a ``None`` leaf.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optareg import _numerics, _paths, _validation
+from optareg import _numerics, _paths, _validation, sharding
 
 __all__ = ["l1", "l2", "l2_to", "orthogonality"]
 
@@ -117,6 +118,18 @@ def _as_unit_matrices(x: jax.Array, path: str, layout: str, stack: int) -> jax.A
     return w.reshape(math.prod(w.shape[:stack]), -1, w.shape[-1])
 
 
+def _gram_residual(
+    x: jax.Array, layout: str, off_diagonal: bool, path: str, stack: int = 0
+) -> jax.Array:
+    """``Σ_l ‖W_lᵀW_l − I‖²_F`` (or its off-diagonal part) of one leaf read as ``(fan_in,
+    units)`` matrices, one per layer of its ``stack`` leading axes."""
+    w = _as_unit_matrices(x, path, layout, stack)
+    eye = jnp.eye(w.shape[-1], dtype=w.dtype)
+    gram = jnp.swapaxes(w, -1, -2) @ w
+    residual = gram * (1 - eye) if off_diagonal else gram - eye
+    return jnp.sum(jnp.square(residual))
+
+
 def _orthogonality(params: Any, layout: str, off_diagonal: bool, stack_axes: Any) -> jax.Array:
     _validation.check_not_a_step_count(params, "a penalty function", "penalty")
     terms = []
@@ -124,11 +137,16 @@ def _orthogonality(params: Any, layout: str, off_diagonal: bool, stack_axes: Any
     for (path, x), lay in zip(flat, _paths.leaf_layouts(stack_axes, params), strict=True):
         if x is None or not lay.matrix:  # (a MaskedNode is an empty node: no leaf)
             continue
-        w = _as_unit_matrices(jnp.asarray(x), _paths.path_str(path), layout, lay.stack)
-        eye = jnp.eye(w.shape[-1], dtype=w.dtype)
-        gram = jnp.swapaxes(w, -1, -2) @ w
-        residual = gram * (1 - eye) if off_diagonal else gram - eye
-        terms.append(jnp.sum(jnp.square(residual)))
+        x = jnp.asarray(x)
+        term = functools.partial(
+            _gram_residual,
+            layout=layout,
+            off_diagonal=off_diagonal,
+            path=_paths.path_str(path),
+            stack=lay.stack,
+        )
+        # explicit-sharding meshes: the Gram product contracts a sharded axis (optareg.sharding)
+        terms.append(sharding.run_local(term, x))
     return _total(terms)
 
 

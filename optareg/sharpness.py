@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optareg import _chain, _counters, _extra_args, _masking, _numerics, _validation
+from optareg import _chain, _counters, _extra_args, _masking, _numerics, _validation, sharding
 
 __all__ = ["SharpnessMonitorState", "hessian_top_eigenvalue", "sharpness_monitor"]
 
@@ -225,7 +225,8 @@ def _estimate(grad_fn, params, leaves, sel, x_all, num_iters, name=_NAME):
 
     def hvp(v):
         out = _extra_args.hessian_vector_product(grad_fn, params, v, sel, name)
-        return [o.astype(x.dtype) for o, x in zip(out, x0, strict=True)]
+        # (explicit-sharding meshes: the loop carry keeps the warm start's sharding)
+        return [sharding.match_sharding(o.astype(x.dtype), x) for o, x in zip(out, x0, strict=True)]
 
     x0 = [x_all[i] for i in idx]
     x, rho = _top_eigenpair(hvp, x0, num_iters)

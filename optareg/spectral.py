@@ -78,7 +78,7 @@ import numpy as np
 import optax
 from optax.contrib import MuonDimensionNumbers
 
-from optareg import _chain, _masking, _numerics, _paths, _poststep, _validation
+from optareg import _chain, _masking, _numerics, _paths, _poststep, _validation, sharding
 from optareg._spectral_ops import (
     clip_exact,
     clip_newton_schulz,
@@ -887,6 +887,11 @@ def spectral_norms(
         if plan is None:
             out.append(None)
             continue
-        w = _to_mats(_numerics.upcast(jnp.asarray(p)), plan)
-        out.append(jnp.linalg.svd(w, compute_uv=False)[..., 0].reshape(plan.batch_shape))
+
+        def sigma(x, plan=plan):
+            w = _to_mats(_numerics.upcast(x), plan)
+            return jnp.linalg.svd(w, compute_uv=False)[..., 0].reshape(plan.batch_shape)
+
+        # explicit-sharding meshes: the SVD needs each matrix whole (optareg.sharding)
+        out.append(sharding.run_gathered(sigma, jnp.asarray(p)))
     return treedef.unflatten(out)
