@@ -10,8 +10,10 @@ PY="${PYTHON:-python3}"
 .venv/bin/python -m pip install -q -e ".[test]" "torch==2.13.0"
 .venv/bin/python -m ruff format --check optareg tests examples bench docs
 .venv/bin/python -m ruff check optareg tests examples bench docs
-.venv/bin/python -m pytest -q -n 2 -m "not multidevice" --durations=40 "$@"
+.venv/bin/python -m pytest -q -n 2 -m "not multidevice and not multihost" --durations=40 "$@"
 if ls tests/test_multidevice*.py >/dev/null 2>&1; then
   XLA_FLAGS="--xla_force_host_platform_device_count=8" \
     .venv/bin/python -m pytest -q -p no:randomly -m multidevice tests/test_multidevice*.py
 fi
+# 2 processes of 2 CPU devices each, connected by jax.distributed over loopback (gloo)
+.venv/bin/python -m pytest -q -p no:randomly -m multihost tests/test_multihost.py

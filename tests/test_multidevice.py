@@ -26,6 +26,7 @@ What is checked:
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import chex
@@ -113,6 +114,22 @@ def mesh_2d() -> Mesh:
     return Mesh(np.asarray(jax.devices()[:N_DEVICES]).reshape(2, 4), ("data", "model"))
 
 
+def mesh_explicit() -> Mesh:
+    """The same 2x4 mesh as ``jax.make_mesh`` makes it (jax >= 0.7): ``AxisType.Explicit``."""
+    mesh = jax.make_mesh((2, 4), ("data", "model"))
+    assert set(mesh.axis_types) == {jax.sharding.AxisType.Explicit}, mesh.axis_types
+    return mesh
+
+
+MESHES = {"auto": mesh_2d, "explicit": mesh_explicit}
+
+
+def on_mesh(mesh: Mesh):
+    """``jax.set_mesh(mesh)`` for an explicit mesh (where it is required), else nothing."""
+    explicit = jax.sharding.AxisType.Explicit in mesh.axis_types
+    return jax.set_mesh(mesh) if explicit else contextlib.nullcontext()
+
+
 def mesh_1d() -> Mesh:
     return Mesh(np.asarray(jax.devices()[:N_DEVICES]), ("data",))
 
@@ -133,7 +150,10 @@ def make_tree(seed: int, scale: float = 1.0):
 def loss(params):
     """Smooth and non-quadratic, with a cross-leaf matmul term so gradients mix shards."""
     elementwise = sum(jnp.sum(0.5 * x**2 + jnp.sin(x)) for x in jax.tree.leaves(params))
-    coupling = jnp.sum(jnp.tanh(params["dense"]["kernel"] @ params["dense"]["bias"]))
+    # K·b as a broadcast product and a sum: on an explicit mesh a matmul contracting the sharded
+    # axis would need an ``out_sharding`` (the user's model code, not optareg's)
+    kb = jnp.sum(params["dense"]["kernel"] * params["dense"]["bias"], axis=1)
+    coupling = jnp.sum(jnp.tanh(kb))
     return elementwise + 0.1 * coupling * params["scale"]
 
 
@@ -250,8 +270,19 @@ BASE_ENTRIES = one_per(lambda e: e.factory, param=False)
 # Every entry in the issue's layout (kernels split along "model"); the first entry of each
 # public factory also in the other two layouts (the compile time of 3 layouts x 50 entries on 2
 # CPU cores would not fit the CI budget).
-CASES = [(e, "model_out") for e in ENTRIES] + [
-    (e, layout) for e in BASE_ENTRIES for layout in ("model_in", "data_model")
+# Both kinds of mesh: a ``jax.sharding.Mesh`` (Auto axes, the compiler propagates shardings) and
+# ``jax.make_mesh``'s Explicit axes (shardings are part of the types, under ``jax.set_mesh``).
+# Every entry on both; the first entry of each factory with kernels split along their input
+# axis on both, and 2-D on the Auto mesh (the spectral test below covers 2-D on both).
+CASES = [
+    (e, layout, mesh)
+    for mesh in MESHES
+    for e, layout in [(e, "model_out") for e in ENTRIES]
+    + [
+        (e, layout)
+        for e in BASE_ENTRIES
+        for layout in (("model_in", "data_model") if mesh == "auto" else ("model_in",))
+    ]
 ]
 
 
@@ -311,20 +342,28 @@ def run(tx, extra, params0, grads, put, init_shardings=None):
 _REFERENCE: dict[str, list] = {}  # entry id -> the single-device run (shared by the layouts)
 
 
-@pytest.mark.parametrize("entry, layout", CASES, ids=[f"{e.id}-{layout}" for e, layout in CASES])
-def test_sharded_step_matches_single_device(entry, layout):
+@pytest.mark.parametrize(
+    "entry, layout, mesh_kind", CASES, ids=[f"{e.id}-{layout}-{m}" for e, layout, m in CASES]
+)
+def test_sharded_step_matches_single_device(entry, layout, mesh_kind):
     """Sharded params + state under jit: updates keep the params' sharding, params-shaped state
     keeps its params' sharding (the rest a stable one), and the numbers equal the single-device
-    run (1e-6 relative)."""
-    mesh = mesh_2d()
+    run (1e-6 relative). On the explicit mesh the state's shardings come from
+    ``optareg.state_shardings``, which must agree with this file's own derivation."""
+    mesh = MESHES[mesh_kind]()
     tx = build(entry)
     extra = extra_args(entry)
     p_shard = param_shardings(mesh, layout)
     params0 = make_tree(0)
     grads = [make_tree(10 + i, scale=0.5) for i in range(STEPS)]
     s_shard, binding = state_shardings(tx, params0, p_shard, NamedSharding(mesh, P()))
+    lib = optareg.state_shardings(tx, params0, p_shard, mesh)
+    assert jax.tree.structure(lib) == jax.tree.structure(s_shard)
+    for got, want in zip(jax.tree.leaves(lib), jax.tree.leaves(s_shard), strict=True):
+        assert got == want, f"optareg.state_shardings: {got} != {want}"
 
-    sharded = run(tx, extra, params0, grads, lambda t: jax.device_put(t, p_shard), s_shard)
+    with on_mesh(mesh):
+        sharded = run(tx, extra, params0, grads, lambda t: jax.device_put(t, p_shard), lib)
     if entry.id not in _REFERENCE:
         _REFERENCE[entry.id] = run(
             tx, extra, params0, grads, lambda t: jax.device_put(t, single_device())
@@ -381,12 +420,14 @@ def _spectral_case(method, spec, put):
     return params, updates, new_state, hlo
 
 
+@pytest.mark.parametrize("mesh_kind", list(MESHES))
 @pytest.mark.parametrize("spec", list(SPECTRAL_SPECS))
 @pytest.mark.parametrize("method", SPECTRAL_METHODS)
-def test_spectral_clip_sharded_kernel(method, spec):
-    mesh = mesh_2d()
+def test_spectral_clip_sharded_kernel(method, spec, mesh_kind):
+    mesh = MESHES[mesh_kind]()
     sharding = {"w": NamedSharding(mesh, SPECTRAL_SPECS[spec])}
-    params, u, state, hlo = _spectral_case(method, spec, lambda t: jax.device_put(t, sharding))
+    with on_mesh(mesh):
+        params, u, state, hlo = _spectral_case(method, spec, lambda t: jax.device_put(t, sharding))
     _, u_ref, state_ref, _ = _spectral_case(
         method, spec, lambda t: jax.device_put(t, single_device())
     )
@@ -409,11 +450,27 @@ def test_spectral_clip_sharded_kernel(method, spec):
         assert not big, f"power iteration gathers the whole {KERNEL} kernel: {found}"
 
 
+@pytest.mark.parametrize("spec", ["in/model", "out/model"])
+def test_spectral_norms_explicit_mesh(spec):
+    """The SVD diagnostic on an explicit-sharded stack of kernels: gathered, σ_max per layer
+    equals numpy's (float64)."""
+    mesh = mesh_explicit()
+    rng = np.random.default_rng(11)
+    w = rng.normal(size=(2,) + KERNEL)
+    stack_spec = P(None, *SPECTRAL_SPECS[spec])
+    with jax.set_mesh(mesh):
+        x = jax.device_put(jnp.asarray(w, jnp.float32), NamedSharding(mesh, stack_spec))
+        got = jax.jit(lambda p: optareg.spectral_norms(p, stack_axes=1))({"kernel": x})
+    want = np.linalg.norm(w, 2, axis=(1, 2))
+    np.testing.assert_allclose(np.asarray(got["kernel"]), want, rtol=1e-5)
+
+
 # --------------------------------------------------------------------------------------------
 # elementwise post-step transforms stay local
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("mesh_kind", list(MESHES))
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize(
     "factory, kwargs",
@@ -423,19 +480,20 @@ def test_spectral_clip_sharded_kernel(method, spec):
     ],
     ids=["prox_l1", "decoupled_weight_decay"],
 )
-def test_elementwise_step_has_no_all_gather(factory, kwargs, layout):
-    mesh = mesh_2d()
+def test_elementwise_step_has_no_all_gather(factory, kwargs, layout, mesh_kind):
+    mesh = MESHES[mesh_kind]()
     tx = optax.chain(optax.sgd(0.1), factory(**kwargs))
     p_shard = param_shardings(mesh, layout)
-    params = jax.device_put(make_tree(0), p_shard)
-    grads = jax.device_put(make_tree(1), p_shard)
-    state = tx.init(params)
-    step = jax.jit(lambda g, s, p: tx.update(g, s, p))
-    hlo = step.lower(grads, state, params).compile().as_text()
+    with on_mesh(mesh):
+        params = jax.device_put(make_tree(0), p_shard)
+        grads = jax.device_put(make_tree(1), p_shard)
+        state = tx.init(params)
+        step = jax.jit(lambda g, s, p: tx.update(g, s, p))
+        hlo = step.lower(grads, state, params).compile().as_text()
+        updates, _ = step(grads, state, params)
     counts = collective_counts(hlo)
     assert counts["all-gather"] == 0, counts
     assert counts["all-to-all"] == 0 and counts["collective-permute"] == 0, counts
-    updates, _ = step(grads, state, params)
     assert_same_sharding(updates, p_shard, "updates")
     # it is a real prox / decay step: compare with the closed form on one leaf
     w = np.asarray(make_tree(0)["dense"]["kernel"], np.float64)
