@@ -10,7 +10,9 @@ The main suite (``-m "not multidevice"``) imports this module during collection;
 
 What is checked:
   * every registered transform (``registry.ENTRIES``), under ``jax.jit``, on params and optimizer
-    state placed with ``NamedSharding`` on a ("data", "model") = 2x4 mesh, in three layouts:
+    state placed with ``NamedSharding`` on a ("data", "model") = 2x4 mesh, both an Auto one
+    (``jax.sharding.Mesh``) and an Explicit one (``jax.make_mesh`` under ``jax.set_mesh``, the
+    state placed with ``optareg.state_shardings``), in up to three layouts:
     updates keep the params' sharding, the state made by ``jax.jit(tx.init, out_shardings=...)``
     keeps the sharding derived from the params with ``optax.tree.map_params``, and the numbers
     equal the single-device run (1e-6 relative, float32);
