@@ -323,9 +323,9 @@ def spectral_clip_matrix(
       [0.5c, 3c], 32×64 … 128×128) σ_max ≤ c·(1 + 1e-5), relative Frobenius distance to the
       exact projection ≤ 1e-4; random Gaussian matrices one step from σ_max ≤ 16c (64×64,
       64×256, 256×64; RandomState and default_rng) σ_max ≤ c·(1 + 5e-4) (worst measured
-      1.4e-4; 8.6e-3 with ``ns_steps`` steps on both); in bfloat16 (computed in float32, rounded back) σ_max ≤
-      c·(1 + 1e-2), distance ≤ 1e-2. In training (300 Adam steps on an MLP, see
-      :func:`optareg.spectral_clip`) σ_max ≤ c·(1 + 1e-3) at every step.
+      1.4e-4; 8.6e-3 with ``ns_steps`` steps on both); in bfloat16 (computed in float32,
+      rounded back) σ_max ≤ c·(1 + 1e-2), distance ≤ 1e-2. In training (300 Adam steps on an
+      MLP, see :func:`optareg.spectral_clip`) σ_max ≤ c·(1 + 1e-3) at every step.
 
     Args:
       x: array of shape ``(..., m, n)``; leading axes are a batch of matrices.
