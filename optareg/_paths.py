@@ -274,6 +274,17 @@ def _under(path: str, prefix: str) -> bool:
     return not prefix or path == prefix or path.startswith(prefix + "/")
 
 
+def _masked_out_paths(params: Any) -> list[str]:
+    """Paths of the ``optax.MaskedNode`` placeholders of a masked tree (leaves masked out by an
+    enclosing ``optax.masked``: they vanish from the flattened tree but are still its paths)."""
+
+    def is_masked(x):
+        return isinstance(x, optax.MaskedNode)
+
+    flat = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_masked)[0]
+    return [path_str(p) for p, x in flat if is_masked(x)]
+
+
 def stack_axes_of(stack_axes: Any, params: Any) -> list[int]:
     """The number of stack axes of every leaf of ``params`` (``None`` leaves included, as in
     :func:`leaf_paths`), in flatten order.
@@ -299,8 +310,9 @@ def stack_axes_of(stack_axes: Any, params: Any) -> list[int]:
     if not jax.tree.leaves(stack_axes, is_leaf=_is_none) or _is_count(stack_axes):
         return [_check_count(stack_axes, "")] * len(flat)
     table = _prefix_table(stack_axes)
+    known = paths + _masked_out_paths(params)  # masked-out leaves are never validated
     for prefix, _ in table:
-        if not any(_under(p, prefix) for p in paths):
+        if not any(_under(p, prefix) for p in known):
             raise ValueError(
                 f"`stack_axes` has an entry at '{prefix}', which is no path of the params (its "
                 f"structure must be a prefix of theirs; paths of the params: {paths[:6]}...)."

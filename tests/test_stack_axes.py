@@ -461,6 +461,14 @@ def test_stack_axes_checked_against_selected_leaves_only():
     ):
         updates, _ = tx.update(zero, tx.init(params), params)
         np.testing.assert_array_equal(updates["b"], zero["b"])
+    # a prefix entry naming a leaf that an enclosing optax.masked removed is no error
+    W = jnp.stack([2 * jnp.eye(3), 0.5 * jnp.eye(3)])
+    two = {"a": W, "b": W}
+    tx = optax.masked(optareg.max_norm(1.0, stack_axes={"a": 1, "b": 1}), {"a": True, "b": False})
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, two), tx.init(two), two)
+    landed = optax.apply_updates(two, updates)
+    np.testing.assert_allclose(np.linalg.norm(landed["a"], axis=1), [[1, 1, 1], [0.5] * 3])
+    np.testing.assert_array_equal(landed["b"], W)
     # a callable returning something else than an int >= 0 or None
     tx = optareg.unit_norm(stack_axes=lambda path, leaf: -1)
     with pytest.raises(ValueError, match="stack_axes"):
