@@ -463,7 +463,15 @@ def attention_max_logits(
     """
     q = jax.lax.stop_gradient(jnp.asarray(query, jnp.float32))
     k = jax.lax.stop_gradient(jnp.asarray(key, jnp.float32))
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    if q.ndim < 3 or k.ndim != q.ndim or q.shape[-2:] != k.shape[-2:]:
+        raise ValueError(
+            "attention_max_logits: `query` and `key` must be [..., length, heads, head_dim] "
+            f"arrays with the same heads and head_dim; got {q.shape} and {k.shape}."
+        )
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    else:
+        _validation.check_scalar("scale", scale, low=0.0, low_inclusive=False)
     logits = jnp.einsum("...qhd,...khd->...hqk", q, k) * scale
     if mask is not None:
         logits = jnp.where(mask, logits, -jnp.inf)

@@ -4,7 +4,6 @@ models, metrics, validation, dtypes and the example script."""
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import chex
@@ -567,13 +566,12 @@ def test_schedule_and_inject_hyperparams():
 
 
 def test_example_constraint_equivalence_smoke(tmp_path):
-    path = ROOT / "examples" / "constraint_equivalence.py"
-    spec = importlib.util.spec_from_file_location("constraint_equivalence", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    out = tmp_path / "fig.png"
-    args = ["--pgd-steps", "3000", "--mlp-steps", "30", "--hidden", "16", "--out", str(out)]
+    from helpers import load_example
+
+    module = load_example("constraint_equivalence")
+    args = ["--pgd-steps", "3000", "--mlp-steps", "30", "--hidden", "16", "--out", str(tmp_path)]
     result = module.main(args)
+    out = tmp_path / module.FIGURE
     assert out.exists() and out.stat().st_size > 10_000
     # the same coefficients both ways (3000 steps already reach 1e-3 relative)
     diff = np.abs(result["w_lasso"] - result["w_ball"]).max()

@@ -394,6 +394,50 @@ ROWS += _strength_rows("decay_timescale", _DT, {"learning_rate": 1e-3}, "weight_
 ROWS += _strength_rows("decay_timescale", _DT, {"weight_decay": 0.1}, "learning_rate",
                        positive=True)  # fmt: skip
 
+# --- min_max_norm, Muon-era spectral control, QK-Clip, state shardings -----------------------
+_MMN, _HAM, _SWD, _QK = (
+    optareg.min_max_norm,
+    optareg.spectral_hammer,
+    optareg.spectral_weight_decay,
+    optareg.qk_clip,
+)
+ROWS += _strength_rows("min_max_norm", _MMN, {}, "min_value")
+ROWS += _strength_rows("min_max_norm", _MMN, {}, "max_value", positive=True)
+ROWS += _strength_rows("min_max_norm", _MMN, {}, "rate", positive=True, upper=1.0)
+ROWS += [
+    Row("min_max_norm", _MMN, {"min_value": 2.0, "max_value": 1.0}, "min_value"),
+    Row("min_max_norm", _MMN, {"layout": "keras"}, "layout"),
+    Row("min_max_norm", _MMN, {"stack_axes": -1}, "stack_axes"),
+    Row("min_max_norm", _MMN, {"metrics_every": 0}, "metrics_every"),
+    Row("min_max_norm", _MMN, {"mask": _BAD_MASK}, "mask", at_init=True),
+]
+ROWS += _strength_rows("spectral_hammer", _HAM, {}, "max_norm", positive=True)
+ROWS += [
+    Row("spectral_hammer", _HAM, {"num_iters": 0}, "num_iters"),
+    Row("spectral_hammer", _HAM, {"init_iters": -1}, "init_iters"),
+    Row("spectral_hammer", _HAM, {"stack_axes": 1.5}, "stack_axes"),
+    Row("spectral_hammer", _HAM, {"layout": "keras"}, "layout"),
+]
+ROWS += _strength_rows("spectral_weight_decay", _SWD, {}, "weight_decay")
+ROWS += [
+    Row("spectral_weight_decay", _SWD, {"learning_rate": -1.0}, "learning_rate"),
+    Row("spectral_weight_decay", _SWD, {"convention": "keras"}, "convention"),
+    Row("spectral_weight_decay", _SWD, {"num_iters": 0}, "num_iters"),
+]
+ROWS += _strength_rows("qk_clip", _QK, {}, "threshold", positive=True)
+ROWS += [
+    Row("qk_clip", _QK, {"alpha": 2.0}, "alpha"),
+    Row("qk_clip", _QK, {"alpha": NAN}, "alpha"),
+    Row("qk_clip", _QK, {"num_heads": 0}, "num_heads"),
+    Row("state_shardings", optareg.state_shardings,
+        {"tx": optax.sgd(0.1), "params_or_shapes": _P, "param_shardings": None, "mesh": None},
+        "mesh"),
+    Row("attention_max_logits", optareg.attention_max_logits,
+        {"query": jnp.ones((2, 3, 4)), "key": jnp.ones((2, 3, 4)), "scale": -1.0}, "scale"),
+    Row("attention_max_logits", optareg.attention_max_logits,
+        {"query": jnp.ones((3, 4)), "key": jnp.ones((3, 4))}, "query"),
+]  # fmt: skip
+
 # --- operators (scalar arguments given as Python / NumPy numbers are checked eagerly) ----------
 _X = jnp.ones((3, 4))
 _OPS_FIX = None  # fixed: operators validate their scalar arguments
@@ -535,7 +579,7 @@ def test_table_covers_every_public_constructor():
         n
         for n in optareg.__all__
         if callable(getattr(optareg, n)) and not isinstance(getattr(optareg, n), type)
-    } - {"metrics"}
+    } - {"metrics", "collect_max_logits", "max_logit_attention_fn"}  # read-outs, a layer hook
     public |= {"decay_mask", "by_path"} | set(operators.__all__)
     assert public <= names, sorted(public - names)
 
