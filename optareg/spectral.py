@@ -423,10 +423,12 @@ def _soft_cap_leaf(
     "expected"."""
     w = _to_mats(leaf.x, plan)
     frob = scaled_norm(w.reshape(plan.batch, -1))  # overflow-safe
-    if max_update_norm is None:
-        step = scaled_norm(_to_mats(leaf.u, plan).reshape(plan.batch, -1))
-    else:
-        step = jnp.asarray(max_update_norm, w.dtype)
+    step = scaled_norm(_to_mats(leaf.u, plan).reshape(plan.batch, -1))  # ‖u‖_F ≥ ‖u‖₂
+    if max_update_norm is not None:
+        # a claimed b below ‖u‖_F/√rank (≤ ‖u‖₂) is no bound: ‖u‖_F instead, so that a wrong
+        # claim (e.g. an AdamW step) cannot drive α past the cap's monotone range
+        b = jnp.asarray(max_update_norm, w.dtype)
+        step = jnp.where(b >= step / math.sqrt(min(plan.m, plan.n)), b, step)
     before = leaf.state["expected"].astype(w.dtype).reshape(plan.batch)
     bound = jnp.minimum(frob, before + step)
     k = bound / c
