@@ -140,9 +140,8 @@ def qk_clip_with_fixed_logits(
 
     def update_fn(updates, state, params=None, **extra_args):
         # test_no_nan's trees also have output axes of size 1 and 3: one head there
-        two = all(
-            p.shape[-1] % 2 == 0 for p in (params["dense"]["kernel"], params["conv"]["kernel"])
-        )
+        leaves = (params["dense"]["kernel"], params["dense"]["bias"], params["conv"]["kernel"])
+        two = all(p.ndim and p.shape[-1] % 2 == 0 for p in leaves)
         logits = _QK_LOGITS if two else {"": _QK_LOGITS[""][:1]}
         return tx.update(updates, state, params, max_logits=logits, **extra_args)
 
