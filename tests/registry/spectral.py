@@ -141,7 +141,7 @@ def qk_clip_with_fixed_logits(
     def update_fn(updates, state, params=None, **extra_args):
         # test_no_nan's trees also have output axes of size 1 and 3: one head there
         leaves = (params["dense"]["kernel"], params["dense"]["bias"], params["conv"]["kernel"])
-        two = all(p.ndim and p.shape[-1] % 2 == 0 for p in leaves)
+        two = all(p.ndim and p.shape[-1] % 2 == 0 for p in leaves if hasattr(p, "ndim"))
         logits = _QK_LOGITS if two else {"": _QK_LOGITS[""][:1]}
         return tx.update(updates, state, params, max_logits=logits, **extra_args)
 
