@@ -79,17 +79,6 @@ def _float() -> Any:
     return jnp.result_type(float)
 
 
-def _check_step_int(name: str, value: Any, low: int) -> Any:
-    """An int ``>= low``; a traced int (``optax.inject_hyperparams`` under ``jit``) passes."""
-    if isinstance(value, jax.core.Tracer):
-        return value
-    if isinstance(value, (jax.Array, np.ndarray)) and np.ndim(value) == 0:
-        if not jnp.issubdtype(value.dtype, jnp.integer):
-            raise TypeError(f"`{name}` must be an integer; got dtype {value.dtype}.")
-        value = int(value)
-    return _validation.check_int(name, value, low=low)
-
-
 def _check_dtype(dtype: Any) -> Any:
     if dtype is None:
         return None
@@ -341,8 +330,8 @@ def ema_params(
     return _averaging(
         _ema_rule(beta, debias),
         debias=debias,
-        start_step=_check_step_int("start_step", start_step, 0),
-        every=_check_step_int("every", every, 1),
+        start_step=_validation.check_int_or_traced("start_step", start_step, low=0),
+        every=_validation.check_int_or_traced("every", every, low=1),
         dtype=_check_dtype(dtype),
         mask=mask,
         name=_check_name(name),
@@ -404,8 +393,8 @@ def swa(
     return _averaging(
         _swa_rule,
         debias=False,
-        start_step=_check_step_int("start_step", start_step, 0),
-        every=_check_step_int("every", every, 1),
+        start_step=_validation.check_int_or_traced("start_step", start_step, low=0),
+        every=_validation.check_int_or_traced("every", every, low=1),
         dtype=_check_dtype(dtype),
         mask=mask,
         name=_check_name(name),
